@@ -1,0 +1,103 @@
+"""The ASGI application: ingest, profiles and health, on one FastAPI app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from tessera import __version__
+from tessera.api import ingest, profiles
+from tessera.api.errors import ApiError, json_response
+from tessera.events.errors import FieldError
+from tessera.processing.worker import EVENTS_TOPIC, PROFILES_GROUP
+from tessera.runtime import Runtime
+
+
+def create_app(runtime: Runtime, worker_in_process: bool = False) -> FastAPI:
+    """The API for ``runtime``; with ``worker_in_process`` the processor runs in this process."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        task = None
+        worker = None
+        if worker_in_process:
+            worker = runtime.worker()
+            task = asyncio.create_task(worker.run())
+        app.state.worker = worker
+        try:
+            yield
+        finally:
+            if worker is not None and task is not None:
+                worker.stop()
+                await task
+            await runtime.close()
+
+    app = FastAPI(
+        title="Tessera",
+        version=__version__,
+        lifespan=lifespan,
+        description="An open-source, event-driven, composable Customer Data Platform.",
+    )
+    app.state.runtime = runtime
+    app.include_router(ingest.router)
+    app.include_router(profiles.router)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        errors = [FieldError(".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()]
+        return ApiError(400, "invalid_request", "the request is invalid", errors).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        names = {404: "not_found", 405: "method_not_allowed"}
+        return json_response(
+            {"error": names.get(exc.status_code, "http_error"), "message": str(exc.detail)},
+            exc.status_code,
+            dict(exc.headers or {}),
+        )
+
+    @app.get("/healthz", tags=["health"], summary="The process is alive")
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz", tags=["health"], summary="The bus and the store answer")
+    async def readyz() -> Response:
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(runtime.bus.lag(EVENTS_TOPIC, PROFILES_GROUP), 2.0)
+            checks["bus"] = "ok"
+        except Exception as exc:
+            checks["bus"] = f"unavailable: {exc}"
+        try:
+            await asyncio.wait_for(asyncio.to_thread(runtime.store.resolve, "user_id:-"), 2.0)
+            checks["store"] = "ok"
+        except Exception as exc:
+            checks["store"] = f"unavailable: {exc}"
+        ready = all(v == "ok" for v in checks.values())
+        return json_response(
+            {"status": "ready" if ready else "unavailable", "checks": checks},
+            200 if ready else 503,
+            None if ready else {"Retry-After": "5"},
+        )
+
+    @app.get("/v1/stats", tags=["health"], summary="Counts and consumer lag")
+    async def stats(request: Request) -> Response:
+        from tessera.api.auth import require_scope
+
+        require_scope(runtime, request, "profiles:read")
+        counts = await asyncio.to_thread(runtime.store.counts)
+        lag = await runtime.bus.lag(EVENTS_TOPIC, PROFILES_GROUP)
+        return json_response({"store": counts, "lag": {PROFILES_GROUP: lag}})
+
+    return app

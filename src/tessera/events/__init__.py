@@ -1,0 +1,1 @@
+"""Events: the internal envelope, the CloudEvents and Segment-spec mappings."""

@@ -1,0 +1,1 @@
+"""Identity resolution: identifier extraction and normalization, the identity graph."""

@@ -1,0 +1,1 @@
+"""Processors: consumer groups that turn the event log into profiles."""

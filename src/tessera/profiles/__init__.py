@@ -1,0 +1,1 @@
+"""Profiles: traits, survivorship and timelines."""

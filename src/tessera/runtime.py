@@ -1,0 +1,60 @@
+"""Wires the ports (bus, store), the processors and the API from configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from tessera.bus import Bus, open_bus
+from tessera.config import TesseraConfig
+from tessera.identity.extract import IdentifierExtractor
+from tessera.processing.profiles import ProfileProcessor
+from tessera.processing.worker import Worker
+from tessera.store import Store, open_store
+
+
+class Runtime:
+    """Everything one Tessera process needs, built from configuration and URLs.
+
+    The backends are chosen by URL: ``TESSERA_BUS_URL`` / ``TESSERA_STORE_URL``
+    (or the config file's ``bus_url`` / ``store_url``), defaulting to SQLite
+    files in the data directory.
+    """
+
+    def __init__(
+        self,
+        config: TesseraConfig,
+        data_dir: Path,
+        bus_url: str | None = None,
+        store_url: str | None = None,
+    ) -> None:
+        self.config = config
+        self.data_dir = Path(data_dir)
+        self.bus_url = bus_url or os.environ.get("TESSERA_BUS_URL") or config.bus_url
+        self.store_url = store_url or os.environ.get("TESSERA_STORE_URL") or config.store_url
+        self.bus: Bus = open_bus(self.bus_url, self.data_dir)
+        self.store: Store = open_store(self.store_url, self.data_dir)
+        self.extractor = IdentifierExtractor(config)
+        self.processor = ProfileProcessor(config, self.store)
+        self.write_keys = {s.write_key: s.name for s in config.sources}
+        self.api_keys = {k.key: frozenset(k.scopes) for k in config.api_keys}
+        self._started = False
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.store.migrate)
+        await self.bus.start()
+        self._started = True
+
+    async def close(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        await self.bus.close()
+        self.store.close()
+
+    def worker(self) -> Worker:
+        return Worker(self.bus, self.store, self.processor, self.config.processor)

@@ -1,0 +1,205 @@
+"""The store contract: profiles, identity links, traits and timelines.
+
+The store holds the projections of the event log. Everything a processor
+changes for one batch of events happens in one :class:`StoreTx`, together with
+the record of which events it applied, so a redelivered event finds itself
+recorded and changes nothing (exactly-once effects over at-least-once delivery).
+
+Domain logic (identity resolution, survivorship) lives outside the store and
+talks to it only through these methods; a backend is plain data access.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+Identifier = tuple[str, str]
+
+
+@dataclass(slots=True)
+class Trait:
+    value: Any
+    source: str
+    time: float
+    """Event time of the event that set it."""
+    priority: int = 0
+    event_uid: str = ""
+
+
+@dataclass(slots=True)
+class IdentityLink:
+    type: str
+    value: str
+    profile_id: str
+    event_uid: str
+    """The event that first linked this identifier to a profile."""
+    linked_at: float
+    source: str = ""
+    reason: str = "deterministic"
+
+
+@dataclass(slots=True)
+class MergeRecord:
+    into: str
+    merged: str
+    event_uid: str
+    at: float
+    reason: str
+
+
+@dataclass(slots=True)
+class Profile:
+    id: str
+    created_at: float
+    updated_at: float
+    event_count: int
+    traits: dict[str, Trait] = field(default_factory=dict)
+    identities: list[IdentityLink] = field(default_factory=list)
+    merged_from: list[MergeRecord] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class TimelineEntry:
+    event_uid: str
+    type: str
+    source: str
+    time: float
+    received_at: float
+    event: dict[str, Any]
+    """The whole event as a structured CloudEvent."""
+
+
+@dataclass(slots=True)
+class OutboxMessage:
+    id: int
+    topic: str
+    message_id: str
+    key: str
+    payload: bytes
+
+
+class StoreTx(abc.ABC):
+    """One atomic unit of work. Nothing is visible to readers until it commits."""
+
+    single_writer: bool = False
+    """True when no other transaction can run concurrently (no need to re-check after locking)."""
+
+    @abc.abstractmethod
+    def applied(self, event_uids: Sequence[str]) -> set[str]:
+        """Which of these events were already applied (committed) earlier."""
+
+    @abc.abstractmethod
+    def mark_applied(self, event_uids: Sequence[str], at: float) -> None:
+        """Record events as applied, atomically with their effects."""
+
+    @abc.abstractmethod
+    def lock_identifiers(self, identifiers: Sequence[Identifier]) -> None:
+        """Serialize concurrent transactions that touch any of these identifiers.
+
+        Backends with one writer at a time may do nothing. Others take the
+        locks in one sorted order so that concurrent merges cannot deadlock.
+        """
+
+    @abc.abstractmethod
+    def lock_profiles(self, profile_ids: Sequence[str]) -> None:
+        """Lock these profiles' rows until commit, in sorted order (no-op for one writer)."""
+
+    @abc.abstractmethod
+    def lookup(self, identifiers: Sequence[Identifier]) -> dict[Identifier, str]:
+        """The profile each known identifier is linked to."""
+
+    @abc.abstractmethod
+    def identifiers_of(self, profile_ids: Iterable[str]) -> dict[str, list[Identifier]]:
+        """Every identifier linked to each profile."""
+
+    @abc.abstractmethod
+    def create_profile(self, profile_id: str, at: float) -> None: ...
+
+    @abc.abstractmethod
+    def link(
+        self,
+        profile_id: str,
+        identifiers: Sequence[Identifier],
+        event_uid: str,
+        at: float,
+        source: str,
+        reason: str = "deterministic",
+    ) -> None:
+        """Link new identifiers to a profile, recording the event that caused it."""
+
+    @abc.abstractmethod
+    def merge(
+        self, into: str, merged: Sequence[str], event_uid: str, at: float, reason: str
+    ) -> None:
+        """Move links and timeline of ``merged`` profiles into ``into``; keep a merge record.
+
+        Traits are not touched: the caller decides survivorship and calls
+        :meth:`put_traits` / :meth:`delete_traits`. A merged profile's id keeps
+        resolving to ``into``.
+        """
+
+    @abc.abstractmethod
+    def traits(self, profile_ids: Iterable[str]) -> dict[str, dict[str, Trait]]: ...
+
+    @abc.abstractmethod
+    def put_traits(self, profile_id: str, traits: dict[str, Trait]) -> None:
+        """Insert or replace these traits of the profile."""
+
+    @abc.abstractmethod
+    def delete_traits(self, profile_ids: Sequence[str]) -> None: ...
+
+    @abc.abstractmethod
+    def append_timeline(self, profile_id: str, entries: Sequence[TimelineEntry], at: float) -> None:
+        """Add events to the profile's timeline and count them on the profile."""
+
+    @abc.abstractmethod
+    def add_outbox(self, messages: Sequence[tuple[str, str, str, bytes]]) -> None:
+        """Queue ``(topic, message_id, key, payload)`` for the bus, atomically with the effects."""
+
+
+class Store(abc.ABC):
+    """The profile store. Reads are safe from any thread."""
+
+    def migrate(self) -> None:  # noqa: B027 - optional hook
+        """Create or upgrade the schema. Idempotent."""
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractContextManager[StoreTx]:
+        """Commit on normal exit, roll back on an exception."""
+
+    @abc.abstractmethod
+    def resolve(self, identifier: str) -> str | None:
+        """Profile id for ``type:value`` or a profile id (following merges); None if unknown."""
+
+    @abc.abstractmethod
+    def get_profile(self, profile_id: str) -> Profile | None: ...
+
+    @abc.abstractmethod
+    def timeline(
+        self, profile_id: str, limit: int, before: tuple[float, str] | None = None
+    ) -> list[TimelineEntry]:
+        """Newest first; ``before`` is the (time, event_uid) of the last entry of the previous page."""
+
+    @abc.abstractmethod
+    def pending_outbox(self, limit: int) -> list[OutboxMessage]: ...
+
+    @abc.abstractmethod
+    def delete_outbox(self, ids: Sequence[int]) -> None: ...
+
+    @abc.abstractmethod
+    def counts(self) -> dict[str, int]:
+        """``profiles`` (live), ``identities``, ``events_applied``, ``merges``."""
+
+    def iter_profile_ids(self) -> Iterator[str]:
+        raise NotImplementedError
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+class Conflict(Exception):
+    """A concurrent transaction won (deadlock, serialization failure); retry the unit of work."""

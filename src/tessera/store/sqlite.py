@@ -1,0 +1,413 @@
+"""The embedded store: profiles in a SQLite file (WAL).
+
+One write transaction at a time (SQLite's model, and the embedded processor's);
+readers each get their own connection per thread and never wait for the writer.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tessera.store.base import (
+    Identifier,
+    IdentityLink,
+    MergeRecord,
+    OutboxMessage,
+    Profile,
+    Store,
+    StoreTx,
+    TimelineEntry,
+    Trait,
+)
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS profiles (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    event_count INTEGER NOT NULL DEFAULT 0,
+    merged_into TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS identities (
+    type TEXT NOT NULL,
+    value TEXT NOT NULL,
+    profile_id TEXT NOT NULL,
+    event_uid TEXT NOT NULL,
+    linked_at REAL NOT NULL,
+    source TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (type, value)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS identities_profile ON identities (profile_id);
+CREATE TABLE IF NOT EXISTS traits (
+    profile_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value BLOB NOT NULL,
+    source TEXT NOT NULL,
+    time REAL NOT NULL,
+    priority INTEGER NOT NULL,
+    event_uid TEXT NOT NULL,
+    PRIMARY KEY (profile_id, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS timeline (
+    profile_id TEXT NOT NULL,
+    time REAL NOT NULL,
+    event_uid TEXT NOT NULL,
+    type TEXT NOT NULL,
+    source TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    event BLOB NOT NULL,
+    PRIMARY KEY (profile_id, time, event_uid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS merges (
+    into_id TEXT NOT NULL,
+    merged_id TEXT NOT NULL,
+    event_uid TEXT NOT NULL,
+    at REAL NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS merges_into ON merges (into_id);
+CREATE TABLE IF NOT EXISTS applied (
+    event_uid TEXT PRIMARY KEY,
+    at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+"""
+
+
+def _chunks(items: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class SQLiteTx(StoreTx):
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def applied(self, event_uids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in _chunks(list(event_uids)):
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                r[0]
+                for r in self.conn.execute(
+                    f"SELECT event_uid FROM applied WHERE event_uid IN ({marks})", chunk
+                )
+            )
+        return found
+
+    def mark_applied(self, event_uids: Sequence[str], at: float) -> None:
+        self.conn.executemany(
+            "INSERT INTO applied (event_uid, at) VALUES (?, ?)", [(uid, at) for uid in event_uids]
+        )
+
+    single_writer = True
+
+    def lock_identifiers(self, identifiers: Sequence[Identifier]) -> None:
+        """SQLite has one writer at a time: the transaction itself is the lock."""
+
+    def lock_profiles(self, profile_ids: Sequence[str]) -> None:
+        """SQLite has one writer at a time: the transaction itself is the lock."""
+
+    def lookup(self, identifiers: Sequence[Identifier]) -> dict[Identifier, str]:
+        out: dict[Identifier, str] = {}
+        execute = self.conn.execute
+        for ident in identifiers:
+            row = execute(
+                "SELECT profile_id FROM identities WHERE type=? AND value=?", ident
+            ).fetchone()
+            if row is not None:
+                out[ident] = row[0]
+        return out
+
+    def identifiers_of(self, profile_ids: Iterable[str]) -> dict[str, list[Identifier]]:
+        ids = list(profile_ids)
+        out: dict[str, list[Identifier]] = {pid: [] for pid in ids}
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            for pid, type_, value in self.conn.execute(
+                f"SELECT profile_id, type, value FROM identities WHERE profile_id IN ({marks})",
+                chunk,
+            ):
+                out[pid].append((type_, value))
+        return out
+
+    def create_profile(self, profile_id: str, at: float) -> None:
+        self.conn.execute(
+            "INSERT INTO profiles (id, created_at, updated_at) VALUES (?, ?, ?)",
+            (profile_id, at, at),
+        )
+
+    def link(
+        self,
+        profile_id: str,
+        identifiers: Sequence[Identifier],
+        event_uid: str,
+        at: float,
+        source: str,
+        reason: str = "deterministic",
+    ) -> None:
+        self.conn.executemany(
+            "INSERT INTO identities (type, value, profile_id, event_uid, linked_at, source, "
+            "reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(t, v, profile_id, event_uid, at, source, reason) for t, v in identifiers],
+        )
+
+    def merge(
+        self, into: str, merged: Sequence[str], event_uid: str, at: float, reason: str
+    ) -> None:
+        for pid in merged:
+            self.conn.execute("UPDATE identities SET profile_id=? WHERE profile_id=?", (into, pid))
+            self.conn.execute("UPDATE timeline SET profile_id=? WHERE profile_id=?", (into, pid))
+            self.conn.execute("UPDATE profiles SET merged_into=? WHERE merged_into=?", (into, pid))
+            row = self.conn.execute(
+                "SELECT event_count, created_at FROM profiles WHERE id=?", (pid,)
+            ).fetchone()
+            self.conn.execute(
+                "UPDATE profiles SET merged_into=?, event_count=0, updated_at=? WHERE id=?",
+                (into, at, pid),
+            )
+            self.conn.execute(
+                "UPDATE profiles SET event_count=event_count+?, created_at=min(created_at, ?), "
+                "updated_at=? WHERE id=?",
+                (row[0], row[1], at, into),
+            )
+            self.conn.execute(
+                "INSERT INTO merges (into_id, merged_id, event_uid, at, reason) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (into, pid, event_uid, at, reason),
+            )
+            self.conn.execute("UPDATE merges SET into_id=? WHERE into_id=?", (into, pid))
+
+    def traits(self, profile_ids: Iterable[str]) -> dict[str, dict[str, Trait]]:
+        ids = list(profile_ids)
+        out: dict[str, dict[str, Trait]] = {pid: {} for pid in ids}
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            for pid, name, value, source, t, prio, uid in self.conn.execute(
+                f"SELECT profile_id, name, value, source, time, priority, event_uid "
+                f"FROM traits WHERE profile_id IN ({marks})",
+                chunk,
+            ):
+                out[pid][name] = Trait(orjson.loads(value), source, t, prio, uid)
+        return out
+
+    def put_traits(self, profile_id: str, traits: dict[str, Trait]) -> None:
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO traits (profile_id, name, value, source, time, priority, "
+            "event_uid) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (profile_id, name, orjson.dumps(t.value), t.source, t.time, t.priority, t.event_uid)
+                for name, t in traits.items()
+            ],
+        )
+
+    def delete_traits(self, profile_ids: Sequence[str]) -> None:
+        self.conn.executemany(
+            "DELETE FROM traits WHERE profile_id=?", [(pid,) for pid in profile_ids]
+        )
+
+    def append_timeline(self, profile_id: str, entries: Sequence[TimelineEntry], at: float) -> None:
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO timeline (profile_id, time, event_uid, type, source, "
+            "received_at, event) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    profile_id,
+                    e.time,
+                    e.event_uid,
+                    e.type,
+                    e.source,
+                    e.received_at,
+                    orjson.dumps(e.event),
+                )
+                for e in entries
+            ],
+        )
+        self.conn.execute(
+            "UPDATE profiles SET event_count=event_count+?, updated_at=? WHERE id=?",
+            (len(entries), at, profile_id),
+        )
+
+    def add_outbox(self, messages: Sequence[tuple[str, str, str, bytes]]) -> None:
+        self.conn.executemany(
+            "INSERT INTO outbox (topic, message_id, key, payload) VALUES (?, ?, ?, ?)", messages
+        )
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: Path | str, synchronous: str | None = None) -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous or os.environ.get("TESSERA_SQLITE_SYNCHRONOUS", "FULL")
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._migrated = False
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("PRAGMA cache_size=-65536")
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if not self._migrated:
+                self.migrate()
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    def migrate(self) -> None:
+        conn = self._connect()
+        try:
+            conn.executescript(SCHEMA)
+            row = conn.execute("SELECT version FROM schema_version").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        finally:
+            conn.close()
+        self._migrated = True
+
+    @contextmanager
+    def transaction(self) -> Iterator[StoreTx]:
+        with self._write_lock:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield SQLiteTx(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def resolve(self, identifier: str) -> str | None:
+        conn = self._conn()
+        type_, sep, value = identifier.partition(":")
+        if sep:
+            row = conn.execute(
+                "SELECT profile_id FROM identities WHERE type=? AND value=?", (type_, value)
+            ).fetchone()
+            return row[0] if row else None
+        row = conn.execute(
+            "SELECT id, merged_into FROM profiles WHERE id=?", (identifier,)
+        ).fetchone()
+        if row is None:
+            return None
+        return row[1] or row[0]
+
+    def get_profile(self, profile_id: str) -> Profile | None:
+        conn = self._conn()
+        row = conn.execute(
+            "SELECT id, created_at, updated_at, event_count FROM profiles "
+            "WHERE id=? AND merged_into IS NULL",
+            (profile_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        profile = Profile(id=row[0], created_at=row[1], updated_at=row[2], event_count=row[3])
+        for name, value, source, t, prio, uid in conn.execute(
+            "SELECT name, value, source, time, priority, event_uid FROM traits "
+            "WHERE profile_id=? ORDER BY name",
+            (profile_id,),
+        ):
+            profile.traits[name] = Trait(orjson.loads(value), source, t, prio, uid)
+        profile.identities = [
+            IdentityLink(*r)
+            for r in conn.execute(
+                "SELECT type, value, profile_id, event_uid, linked_at, source, reason "
+                "FROM identities WHERE profile_id=? ORDER BY linked_at, type, value",
+                (profile_id,),
+            )
+        ]
+        profile.merged_from = [
+            MergeRecord(*r)
+            for r in conn.execute(
+                "SELECT into_id, merged_id, event_uid, at, reason FROM merges WHERE into_id=? "
+                "ORDER BY at",
+                (profile_id,),
+            )
+        ]
+        return profile
+
+    def timeline(
+        self, profile_id: str, limit: int, before: tuple[float, str] | None = None
+    ) -> list[TimelineEntry]:
+        sql = (
+            "SELECT event_uid, type, source, time, received_at, event FROM timeline "
+            "WHERE profile_id=?"
+        )
+        params: list[Any] = [profile_id]
+        if before is not None:
+            sql += " AND (time < ? OR (time = ? AND event_uid < ?))"
+            params += [before[0], before[0], before[1]]
+        sql += " ORDER BY time DESC, event_uid DESC LIMIT ?"
+        params.append(limit)
+        return [
+            TimelineEntry(uid, type_, src, t, rcv, orjson.loads(ev))
+            for uid, type_, src, t, rcv, ev in self._conn().execute(sql, params)
+        ]
+
+    def pending_outbox(self, limit: int) -> list[OutboxMessage]:
+        return [
+            OutboxMessage(*r)
+            for r in self._conn().execute(
+                "SELECT id, topic, message_id, key, payload FROM outbox ORDER BY id LIMIT ?",
+                (limit,),
+            )
+        ]
+
+    def delete_outbox(self, ids: Sequence[int]) -> None:
+        with self._write_lock:
+            self._conn().executemany("DELETE FROM outbox WHERE id=?", [(i,) for i in ids])
+
+    def counts(self) -> dict[str, int]:
+        conn = self._conn()
+
+        def one(sql: str) -> int:
+            return int(conn.execute(sql).fetchone()[0])
+
+        return {
+            "profiles": one("SELECT count(*) FROM profiles WHERE merged_into IS NULL"),
+            "identities": one("SELECT count(*) FROM identities"),
+            "events_applied": one("SELECT count(*) FROM applied"),
+            "merges": one("SELECT count(*) FROM merges"),
+        }
+
+    def iter_profile_ids(self) -> Iterator[str]:
+        for (pid,) in self._conn().execute(
+            "SELECT id FROM profiles WHERE merged_into IS NULL ORDER BY id"
+        ):
+            yield pid
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+def now() -> float:
+    return time.time()
