@@ -1,0 +1,187 @@
+"""The store contract: every backend's test module subclasses :class:`StoreContract`.
+
+A subclass provides ``make_store(tmp_path)`` returning a store with an empty,
+migrated schema of its own; every test here then runs unchanged against it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tessera.store.base import Store, TimelineEntry, Trait
+
+
+def pid() -> str:
+    return "prf_" + uuid.uuid4().hex
+
+
+def entry(uid: str, t: float) -> TimelineEntry:
+    return TimelineEntry(
+        event_uid=uid,
+        type="page",
+        source="web",
+        time=t,
+        received_at=t,
+        event={"id": uid, "type": "page"},
+    )
+
+
+class StoreContract:
+    def make_store(self, tmp_path: Path) -> Store:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Iterator[Store]:
+        store = self.make_store(tmp_path)
+        store.migrate()
+        try:
+            yield store
+        finally:
+            store.close()
+
+    def test_create_link_and_resolve(self, store: Store) -> None:
+        p = pid()
+        with store.transaction() as tx:
+            tx.create_profile(p, 100.0)
+            tx.link(p, [("email", "a@x.io"), ("user_id", "u1")], "ev1", 100.0, "web")
+        assert store.resolve("email:a@x.io") == p
+        assert store.resolve("user_id:u1") == p
+        assert store.resolve(p) == p
+        assert store.resolve("email:nobody@x.io") is None
+        assert store.resolve("prf_unknown") is None
+        profile = store.get_profile(p)
+        assert profile is not None
+        assert {(i.type, i.value) for i in profile.identities} == {
+            ("email", "a@x.io"),
+            ("user_id", "u1"),
+        }
+        assert all(i.event_uid == "ev1" and i.source == "web" for i in profile.identities)
+
+    def test_lookup_and_identifiers_of(self, store: Store) -> None:
+        p1, p2 = pid(), pid()
+        with store.transaction() as tx:
+            tx.create_profile(p1, 1.0)
+            tx.create_profile(p2, 1.0)
+            tx.link(p1, [("email", "a@x.io")], "e1", 1.0, "web")
+            tx.link(p2, [("phone", "+15555550100"), ("user_id", "u2")], "e2", 1.0, "crm")
+        with store.transaction() as tx:
+            found = tx.lookup([("email", "a@x.io"), ("user_id", "u2"), ("user_id", "nope")])
+            assert found == {("email", "a@x.io"): p1, ("user_id", "u2"): p2}
+            graph = tx.identifiers_of([p1, p2])
+            assert sorted(graph[p1]) == [("email", "a@x.io")]
+            assert sorted(graph[p2]) == [("phone", "+15555550100"), ("user_id", "u2")]
+
+    def test_rollback_on_exception_keeps_nothing(self, store: Store) -> None:
+        p = pid()
+        with pytest.raises(RuntimeError), store.transaction() as tx:
+            tx.create_profile(p, 1.0)
+            tx.link(p, [("email", "gone@x.io")], "e1", 1.0, "web")
+            tx.mark_applied(["e1"], 1.0)
+            raise RuntimeError("crash before commit")
+        assert store.resolve("email:gone@x.io") is None
+        with store.transaction() as tx:
+            assert tx.applied(["e1"]) == set()
+
+    def test_applied_events_are_remembered(self, store: Store) -> None:
+        with store.transaction() as tx:
+            tx.mark_applied(["a", "b"], 1.0)
+        with store.transaction() as tx:
+            assert tx.applied(["a", "b", "c"]) == {"a", "b"}
+        assert store.counts()["events_applied"] == 2
+
+    def test_traits_put_replace_and_delete(self, store: Store) -> None:
+        p = pid()
+        with store.transaction() as tx:
+            tx.create_profile(p, 1.0)
+            tx.put_traits(
+                p,
+                {
+                    "city": Trait("Paris", "web", 10.0, 0, "e1"),
+                    "tags": Trait({"a": [1, 2]}, "crm", 11.0, 2, "e2"),
+                },
+            )
+        with store.transaction() as tx:
+            tx.put_traits(p, {"city": Trait("Lyon", "crm", 12.0, 1, "e3")})
+            got = tx.traits([p])[p]
+        assert got["city"] == Trait("Lyon", "crm", 12.0, 1, "e3")
+        assert got["tags"].value == {"a": [1, 2]}
+        profile = store.get_profile(p)
+        assert profile is not None and profile.traits["city"].value == "Lyon"
+        with store.transaction() as tx:
+            tx.delete_traits([p])
+            assert tx.traits([p]) == {p: {}}
+
+    def test_timeline_newest_first_with_paging(self, store: Store) -> None:
+        p = pid()
+        with store.transaction() as tx:
+            tx.create_profile(p, 1.0)
+            tx.append_timeline(p, [entry(f"e{i}", float(i)) for i in range(5)], 1.0)
+        profile = store.get_profile(p)
+        assert profile is not None and profile.event_count == 5
+        page1 = store.timeline(p, 2)
+        assert [e.event_uid for e in page1] == ["e4", "e3"]
+        page2 = store.timeline(p, 2, (page1[-1].time, page1[-1].event_uid))
+        assert [e.event_uid for e in page2] == ["e2", "e1"]
+        assert page2[0].event == {"id": "e2", "type": "page"}
+
+    def test_merge_moves_links_timeline_and_redirects(self, store: Store) -> None:
+        a, b, c = pid(), pid(), pid()
+        with store.transaction() as tx:
+            for p in (a, b, c):
+                tx.create_profile(p, 1.0)
+            tx.link(a, [("email", "a@x.io")], "e1", 1.0, "web")
+            tx.link(b, [("user_id", "u1")], "e2", 1.0, "web")
+            tx.link(c, [("phone", "+15555550100")], "e3", 1.0, "web")
+            tx.append_timeline(a, [entry("e1", 1.0)], 1.0)
+            tx.append_timeline(b, [entry("e2", 2.0)], 1.0)
+            tx.append_timeline(c, [entry("e3", 3.0)], 1.0)
+        with store.transaction() as tx:
+            tx.merge(a, [b], "e4", 4.0, "deterministic")
+        with store.transaction() as tx:
+            tx.merge(c, [a], "e5", 5.0, "deterministic")
+        for ident in ("email:a@x.io", "user_id:u1", "phone:+15555550100", a, b, c):
+            assert store.resolve(ident) == c
+        assert store.get_profile(a) is None
+        survivor = store.get_profile(c)
+        assert survivor is not None
+        assert survivor.event_count == 3
+        assert len(survivor.identities) == 3
+        assert {m.merged for m in survivor.merged_from} == {a, b}
+        assert {m.event_uid for m in survivor.merged_from} == {"e4", "e5"}
+        assert [e.event_uid for e in store.timeline(c, 10)] == ["e3", "e2", "e1"]
+        assert store.counts()["profiles"] == 1
+        assert store.counts()["merges"] == 2
+
+    def test_outbox_in_order_and_deleted(self, store: Store) -> None:
+        with store.transaction() as tx:
+            tx.add_outbox([("derived", "d1", "k", b"one"), ("derived", "d2", "k", b"two")])
+        pending = store.pending_outbox(10)
+        assert [(m.message_id, m.payload) for m in pending] == [("d1", b"one"), ("d2", b"two")]
+        store.delete_outbox([pending[0].id])
+        assert [m.message_id for m in store.pending_outbox(10)] == ["d2"]
+
+    def test_data_survives_reopen(self, store: Store, tmp_path: Path) -> None:
+        p = pid()
+        with store.transaction() as tx:
+            tx.create_profile(p, 1.0)
+            tx.link(p, [("email", "keep@x.io")], "e1", 1.0, "web")
+        store.close()
+        again = self.make_store(tmp_path)
+        try:
+            assert again.resolve("email:keep@x.io") == p
+        finally:
+            again.close()
+
+    def test_duplicate_identifier_link_is_refused(self, store: Store) -> None:
+        a, b = pid(), pid()
+        with store.transaction() as tx:
+            tx.create_profile(a, 1.0)
+            tx.link(a, [("email", "one@x.io")], "e1", 1.0, "web")
+        with pytest.raises(Exception), store.transaction() as tx:  # noqa: B017 - backend error
+            tx.create_profile(b, 1.0)
+            tx.link(b, [("email", "one@x.io")], "e2", 1.0, "web")
+        assert store.resolve("email:one@x.io") == a
