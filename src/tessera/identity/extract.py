@@ -53,7 +53,7 @@ def make_phone_normalizer(region: str) -> Callable[[str], str | None]:
         except phonenumbers.NumberParseException:
             result = None
         else:
-            if phonenumbers.is_possible_number(parsed):
+            if parsed.national_number and phonenumbers.is_possible_number(parsed):
                 result = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
             else:
                 result = None

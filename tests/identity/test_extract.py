@@ -1,0 +1,55 @@
+from tessera.config import default_config, parse_config
+from tessera.identity.extract import IdentifierExtractor
+
+
+def extractor() -> IdentifierExtractor:
+    return IdentifierExtractor(default_config())
+
+
+def test_email_is_trimmed_and_lower_cased() -> None:
+    assert extractor().normalize("email", "  Jane.Doe@Example.COM ") == "jane.doe@example.com"
+
+
+def test_malformed_email_is_dropped() -> None:
+    ex = extractor()
+    assert ex.normalize("email", "not-an-email") is None
+    assert ex.normalize("email", "jane@localhost") is None
+
+
+def test_phone_numbers_become_e164() -> None:
+    ex = extractor()
+    assert ex.normalize("phone", "(415) 555-0134") == "+14155550134"
+    assert ex.normalize("phone", "+1 415 555 0134") == "+14155550134"
+    assert ex.normalize("phone", "+44 20 7946 0958") == "+442079460958"
+    assert ex.normalize("phone", "12") is None
+
+
+def test_blocked_placeholder_values_are_dropped() -> None:
+    ex = extractor()
+    for value in ("null", "NULL", " anonymous ", "undefined", "0000000", "0", "", "n/a"):
+        assert ex.normalize("user_id", value) is None, value
+    assert ex.normalize("phone", "000-000-0000") is None
+    assert ex.normalize("user_id", "u-42") == "u-42"
+
+
+def test_blocked_values_are_configurable() -> None:
+    config = parse_config({"identity": {"blocked_values": ["guest"], "blocked_patterns": []}})
+    ex = IdentifierExtractor(config)
+    assert ex.normalize("user_id", "Guest") is None
+    assert ex.normalize("user_id", "null") == "null"
+
+
+def test_extract_follows_paths_in_priority_order_without_duplicates() -> None:
+    found = extractor().extract({"data": {
+        "email": "A@x.io", "traits": {"email": "a@x.io", "member_number": "M-1"},
+        "userId": 42, "anonymousId": "anon-1", "phone": None,
+    }})
+    assert found == [("member_number", "M-1"), ("user_id", "42"), ("email", "a@x.io"),
+                     ("anonymous_id", "anon-1")]
+
+
+def test_configured_identifier_paths() -> None:
+    config = parse_config({"identity": {"identifiers": [
+        {"type": "loyalty_id", "limit": 1, "priority": 5, "paths": ["data.loyalty.id"]}]}})
+    found = IdentifierExtractor(config).extract({"data": {"loyalty": {"id": "L9"}}})
+    assert found == [("loyalty_id", "L9")]
