@@ -140,7 +140,7 @@ def serve(
     runtime = Runtime(cfg, data)
     supervisor = None
     if worker:
-        asyncio.run(_prepare(runtime))
+        asyncio.run(_prepare(Runtime(cfg, data)))
         supervisor = WorkerSupervisor(_worker_command(config, data))
         supervisor.start()
     console.print(

@@ -108,6 +108,7 @@ class SQLiteBus(Bus):
     async def start(self) -> None:
         if self._writer is not None:
             return
+        self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(self.path, self.synchronous)
         conn.executescript(SCHEMA)
@@ -128,6 +129,9 @@ class SQLiteBus(Bus):
         await asyncio.to_thread(self._writer.join)
         if self._reader is not None:
             self._reader.close()
+        self._writer = None
+        self._reader = None
+        self._consumers.clear()
 
     def _conn(self) -> sqlite3.Connection:
         if self._reader is None:

@@ -17,7 +17,7 @@ import contextlib
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import structlog
 
@@ -101,7 +101,7 @@ class Worker:
             except Exception as exc:  # a store outage: wait and try again, nothing acked
                 log.error("worker.step_failed", error=describe(exc))
                 await self._sleep(1.0)
-        log.info("worker.stopped", **self.stats.__dict__)
+        log.info("worker.stopped", **asdict(self.stats))
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
