@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
+from tessera import sqlitefile
 from tessera.bus.base import Bus, BusUnavailable, DeadLetter, Delivery, Message
 
 SCHEMA = """
@@ -69,12 +70,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 LEASE_SECONDS = 10.0
 
 
-def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("PRAGMA busy_timeout=30000")
-    return conn
+connect = sqlitefile.connect
 
 
 class _Consumer:
@@ -102,6 +98,7 @@ class SQLiteBus(Bus):
         self._read_lock = threading.Lock()
         self._consumers: dict[tuple[str, str], _Consumer] = {}
         self._closed = False
+        self._checkpointer = sqlitefile.Checkpointer(self.path)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -132,6 +129,7 @@ class SQLiteBus(Bus):
         self._writer = None
         self._reader = None
         self._consumers.clear()
+        self._checkpointer.stop()
 
     def _conn(self) -> sqlite3.Connection:
         if self._reader is None:

@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from tessera import sqlitefile
+
 from tessera.store.base import (
     Identifier,
     IdentityLink,
@@ -67,9 +69,11 @@ CREATE TABLE IF NOT EXISTS timeline (
     type TEXT NOT NULL,
     source TEXT NOT NULL,
     received_at REAL NOT NULL,
-    event BLOB NOT NULL,
-    PRIMARY KEY (profile_id, time, event_uid)
-) WITHOUT ROWID;
+    event BLOB NOT NULL
+);
+-- rows are appended in arrival order; the index alone carries the per-profile order
+CREATE UNIQUE INDEX IF NOT EXISTS timeline_profile_time
+    ON timeline (profile_id, time, event_uid);
 CREATE TABLE IF NOT EXISTS merges (
     into_id TEXT NOT NULL,
     merged_id TEXT NOT NULL,
@@ -259,17 +263,11 @@ class SQLiteStore(Store):
         self._local = threading.local()
         self._write_lock = threading.Lock()
         self._migrated = False
+        self._checkpointer = sqlitefile.Checkpointer(self.path)
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.execute("PRAGMA busy_timeout=30000")
-        conn.execute("PRAGMA cache_size=-65536")
-        return conn
+        return sqlitefile.connect(self.path, self.synchronous)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -294,6 +292,7 @@ class SQLiteStore(Store):
     @contextmanager
     def transaction(self) -> Iterator[StoreTx]:
         with self._write_lock:
+            self._checkpointer.start()  # this process writes: it keeps the WAL short
             conn = self._conn()
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -403,6 +402,7 @@ class SQLiteStore(Store):
             yield pid
 
     def close(self) -> None:
+        self._checkpointer.stop()
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()

@@ -1,0 +1,69 @@
+"""Shared SQLite settings for the embedded bus and store files.
+
+Both files run in WAL mode. Writers commit without checkpointing
+(``wal_autocheckpoint=0``); a background thread copies the WAL back into the
+database file instead, so that a request or a batch never pays for a
+checkpoint of everybody else's writes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+WAL_TRUNCATE_BYTES = 256 * 1024 * 1024
+
+
+def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("PRAGMA cache_size=-65536")
+    return conn
+
+
+class Checkpointer:
+    """Checkpoints one database's WAL every ``interval`` seconds in a daemon thread."""
+
+    def __init__(self, path: Path, interval: float = 0.5) -> None:
+        self.path = path
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name=f"checkpoint-{self.path.name}",
+                                            daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout=100")
+        wal = Path(str(self.path) + "-wal")
+        try:
+            while not self._stop.wait(self.interval):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if wal.exists() and wal.stat().st_size > WAL_TRUNCATE_BYTES:
+                        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                except sqlite3.Error:
+                    continue  # busy: try again next time
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        try:
+            conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            conn.close()
+        except sqlite3.Error:
+            pass
