@@ -6,18 +6,20 @@ only if the combined profile would stay within every identifier type's limit;
 otherwise that identifier is left out of the match. So with ``member_number``
 limited to one per profile, two members who share a family email never merge,
 and the event goes with the member number, its highest-priority identifier.
+
+The resolver works on a :class:`Graph`: the part of the identity graph one
+batch of events touches, read from the store once and written through.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from tessera.config import TesseraConfig
-from tessera.store.base import Identifier, StoreTx
-
-MAX_LOCK_ROUNDS = 8
+from tessera.store.base import Identifier
 
 
 @dataclass(slots=True)
@@ -29,6 +31,24 @@ class Resolution:
     """Profiles merged into ``profile_id`` by this event."""
     dropped: list[Identifier] = field(default_factory=list)
     """Identifiers of the event left out because they would break a limit."""
+
+
+class Graph(Protocol):
+    """What the resolver needs of the identity graph."""
+
+    def owner(self, identifier: Identifier) -> str | None: ...
+
+    def members(self, profile_ids: Iterable[str]) -> dict[str, set[Identifier]]: ...
+
+    def create(
+        self, profile_id: str, identifiers: Sequence[Identifier], event_uid: str, source: str
+    ) -> None: ...
+
+    def link(
+        self, profile_id: str, identifiers: Sequence[Identifier], event_uid: str, source: str
+    ) -> None: ...
+
+    def merge(self, into: str, merged: Sequence[str], event_uid: str) -> None: ...
 
 
 def new_profile_id() -> str:
@@ -44,7 +64,7 @@ class IdentityResolver:
     def sort(self, identifiers: Sequence[Identifier]) -> list[Identifier]:
         return sorted(identifiers, key=lambda i: self._priority.get(i[0], 1000))
 
-    def _fits(self, have: dict[str, set[str]], adding: Sequence[Identifier]) -> bool:
+    def _fits(self, have: dict[str, set[str]], adding: Iterable[Identifier]) -> bool:
         extra: dict[str, set[str]] = {}
         for type_, value in adding:
             extra.setdefault(type_, set()).add(value)
@@ -54,53 +74,62 @@ class IdentityResolver:
                 return False
         return True
 
-    def _needs_graph(self, identifiers: Sequence[Identifier], found: dict[Identifier, str]) -> bool:
-        """Whether limits must be checked against the profiles' stored identifiers."""
-        pids = set(found.values())
-        if len(pids) > 1:
-            return True
-        return any(self._limit.get(i[0], 0) for i in identifiers if i not in found)
+    def expand_previous_id(
+        self, graph: Graph, identifiers: Sequence[Identifier]
+    ) -> list[Identifier]:
+        """An alias's ``previousId`` is whichever of user_id / anonymous_id already exists."""
+        out: list[Identifier] = []
+        for type_, value in identifiers:
+            if type_ != "previous_id":
+                out.append((type_, value))
+                continue
+            if graph.owner(("user_id", value)) is not None:
+                out.append(("user_id", value))
+            else:
+                out.append(("anonymous_id", value))
+        return out
 
     def resolve(
-        self, tx: StoreTx, identifiers: Sequence[Identifier], event_uid: str, at: float, source: str
+        self, graph: Graph, identifiers: Sequence[Identifier], event_uid: str, source: str
     ) -> Resolution | None:
         """Find or make the event's profile. None when the event has no usable identifier."""
-        idents = self._expand_previous_id(tx, identifiers)
-        idents = self.sort(list(dict.fromkeys(idents)))
+        idents = self.sort(list(dict.fromkeys(self.expand_previous_id(graph, identifiers))))
         if not idents:
             return None
-        tx.lock_identifiers(idents)
-        found = tx.lookup(idents)
-        if not tx.single_writer:
-            for _ in range(MAX_LOCK_ROUNDS):
-                pids = sorted(set(found.values()))
-                tx.lock_profiles(pids)
-                again = tx.lookup(idents)
-                if again == found:
-                    break
-                found = again
-        graph: dict[str, list[Identifier]] = {}
-        if self._needs_graph(idents, found):
-            graph = tx.identifiers_of(set(found.values()))
+        found = {i: pid for i in idents if (pid := graph.owner(i)) is not None}
+        pids = set(found.values())
+        new = [i for i in idents if i not in found]
+        needs_graph = len(pids) > 1 or any(self._limit.get(i[0], 0) for i in new)
+        members = graph.members(pids) if needs_graph else {}
+
+        if not needs_graph:  # the common case: nothing can break a limit
+            if not pids:
+                pid = new_profile_id()
+                graph.create(pid, idents, event_uid, source)
+                return Resolution(pid, created=True, linked=idents)
+            (pid,) = pids
+            if new:
+                graph.link(pid, new, event_uid, source)
+            return Resolution(pid, linked=new)
 
         have: dict[str, set[str]] = {}
         targets: list[str] = []
         kept_new: list[Identifier] = []
         dropped: list[Identifier] = []
         for ident in idents:
-            pid = found.get(ident)
-            if pid is None:
+            owner = found.get(ident)
+            if owner is None:
                 if self._fits(have, [ident]):
                     have.setdefault(ident[0], set()).add(ident[1])
                     kept_new.append(ident)
                 else:
                     dropped.append(ident)
-            elif pid in targets:
+            elif owner in targets:
                 continue
             else:
-                theirs = graph.get(pid, [ident])
+                theirs = members.get(owner) or {ident}
                 if self._fits(have, theirs):
-                    targets.append(pid)
+                    targets.append(owner)
                     for type_, value in theirs:
                         have.setdefault(type_, set()).add(value)
                 else:
@@ -108,25 +137,11 @@ class IdentityResolver:
 
         if not targets:
             pid = new_profile_id()
-            tx.create_profile(pid, at)
-            tx.link(pid, kept_new, event_uid, at, source)
+            graph.create(pid, kept_new, event_uid, source)
             return Resolution(pid, created=True, linked=kept_new, dropped=dropped)
         survivor, merged = targets[0], targets[1:]
         if merged:
-            tx.merge(survivor, merged, event_uid, at, "deterministic")
+            graph.merge(survivor, merged, event_uid)
         if kept_new:
-            tx.link(survivor, kept_new, event_uid, at, source)
+            graph.link(survivor, kept_new, event_uid, source)
         return Resolution(survivor, linked=kept_new, merged=merged, dropped=dropped)
-
-    @staticmethod
-    def _expand_previous_id(tx: StoreTx, identifiers: Sequence[Identifier]) -> list[Identifier]:
-        """An alias's ``previousId`` is whichever of user_id / anonymous_id already exists."""
-        out: list[Identifier] = []
-        for type_, value in identifiers:
-            if type_ != "previous_id":
-                out.append((type_, value))
-                continue
-            candidates = [("user_id", value), ("anonymous_id", value)]
-            known = tx.lookup(candidates)
-            out.append(next((c for c in candidates if c in known), ("anonymous_id", value)))
-        return out

@@ -5,12 +5,19 @@ record of which events it applied, and the derived events it emits
 (``identity.merged``, ``profile.updated``) go to the store's outbox in the same
 transaction. Applying a batch twice therefore changes nothing the second time,
 and no derived event is lost between the store and the bus.
+
+A batch reads the part of the store it touches once (identity links, traits),
+keeps it in memory while it resolves events one by one, and writes the
+timeline, traits and counters back in bulk at the end. Before reading, it locks
+every identifier of the batch and then every profile they point at, each in
+sorted order, so concurrent workers on a shared store never interleave merges
+and never deadlock on each other.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,10 +28,11 @@ from tessera.events.envelope import Event, event_uid, iso_time
 from tessera.identity.resolver import IdentityResolver
 from tessera.profiles.survivorship import Survivorship
 from tessera.profiles.traits import TraitExtractor
-from tessera.store.base import Conflict, Store, StoreTx, TimelineEntry, Trait
+from tessera.store.base import Conflict, Identifier, Store, StoreTx, TimelineEntry, Trait
 
 DERIVED_TOPIC = "derived"
 DERIVED_SOURCE = "tessera/profiles"
+MAX_LOCK_ROUNDS = 8
 
 
 @dataclass(slots=True)
@@ -37,6 +45,109 @@ class BatchResult:
     derived: list[Event] = field(default_factory=list)
 
 
+class BatchGraph:
+    """The identity graph and traits one batch touches: read once, written through."""
+
+    def __init__(
+        self, tx: StoreTx, identifiers: Sequence[Identifier], now: float, survivorship: Survivorship
+    ) -> None:
+        self.tx = tx
+        self.survivorship = survivorship
+        self.now = now
+        wanted = sorted(set(identifiers))
+        tx.lock_identifiers(wanted)
+        found = tx.lookup(wanted) if wanted else {}
+        if not tx.single_writer:
+            for _ in range(MAX_LOCK_ROUNDS):
+                tx.lock_profiles(sorted(set(found.values())))
+                again = tx.lookup(wanted) if wanted else {}
+                if again == found:
+                    break
+                found = again
+            else:
+                raise Conflict("identity links kept changing while locking")
+        self.owners: dict[Identifier, str] = found
+        self._members: dict[str, set[Identifier]] = {}
+        self.traits: dict[str, dict[str, Trait]] = tx.traits(set(found.values())) if found else {}
+        self.dirty: dict[str, set[str]] = {}
+        self.timeline: dict[str, list[TimelineEntry]] = {}
+        self.redirect: dict[str, str] = {}
+
+    # -- the Graph protocol of the resolver --------------------------------
+
+    def owner(self, identifier: Identifier) -> str | None:
+        return self.owners.get(identifier)
+
+    def members(self, profile_ids: Iterable[str]) -> dict[str, set[Identifier]]:
+        missing = [p for p in profile_ids if p not in self._members]
+        if missing:
+            for pid, idents in self.tx.identifiers_of(missing).items():
+                self._members[pid] = set(idents)
+        return {p: self._members[p] for p in profile_ids}
+
+    def create(
+        self, profile_id: str, identifiers: Sequence[Identifier], event_uid: str, source: str
+    ) -> None:
+        self.tx.create_profile(profile_id, self.now)
+        self.traits[profile_id] = {}
+        self._members[profile_id] = set()
+        if identifiers:
+            self.link(profile_id, identifiers, event_uid, source)
+
+    def link(
+        self, profile_id: str, identifiers: Sequence[Identifier], event_uid: str, source: str
+    ) -> None:
+        self.tx.link(profile_id, identifiers, event_uid, self.now, source)
+        for ident in identifiers:
+            self.owners[ident] = profile_id
+        if profile_id in self._members:
+            self._members[profile_id].update(identifiers)
+
+    def merge(self, into: str, merged: Sequence[str], event_uid: str) -> None:
+        """Merge profiles; their traits combine by survivorship."""
+        before = [self.profile_traits(p) for p in [into, *merged]]
+        combined = self.survivorship.combine(before)
+        self.tx.merge(into, merged, event_uid, self.now, "deterministic")
+        moved = self.members([into, *merged])
+        for pid in merged:
+            for ident in moved[pid]:
+                self.owners[ident] = into
+            self._members[into] |= moved.pop(pid)
+            self._members.pop(pid, None)
+            self.redirect[pid] = into
+            for old, target in list(self.redirect.items()):
+                if target == pid:
+                    self.redirect[old] = into
+            entries = self.timeline.pop(pid, None)
+            if entries:
+                self.timeline.setdefault(into, []).extend(entries)
+            self.dirty.pop(pid, None)
+            self.traits.pop(pid, None)
+        self.set_traits(into, {n: t for n, t in combined.items() if before[0].get(n) is not t})
+
+    # -- traits and timeline, written at the end of the batch ---------------
+
+    def profile_traits(self, profile_id: str) -> dict[str, Trait]:
+        traits = self.traits.get(profile_id)
+        if traits is None:
+            traits = self.traits[profile_id] = self.tx.traits([profile_id])[profile_id]
+        return traits
+
+    def set_traits(self, profile_id: str, traits: dict[str, Trait]) -> None:
+        self.profile_traits(profile_id).update(traits)
+        self.dirty.setdefault(profile_id, set()).update(traits)
+
+    def flush(self) -> None:
+        merged_away = list(self.redirect)
+        if merged_away:
+            self.tx.delete_traits(merged_away)
+        for pid, names in self.dirty.items():
+            traits = self.traits[pid]
+            self.tx.put_traits(pid, {n: traits[n] for n in names})
+        for pid, entries in self.timeline.items():
+            self.tx.append_timeline(pid, entries, self.now)
+
+
 class ProfileProcessor:
     """Applies events to the store. Pure domain logic over the store contract."""
 
@@ -46,7 +157,7 @@ class ProfileProcessor:
         self.survivorship = Survivorship(config)
         self.traits = TraitExtractor(config)
 
-    def apply(self, events: Sequence[Event], retries: int = 5) -> BatchResult:
+    def apply(self, events: Sequence[Event], retries: int = 8) -> BatchResult:
         for attempt in range(retries + 1):
             try:
                 with self.store.transaction() as tx:
@@ -66,8 +177,17 @@ class ProfileProcessor:
         already = tx.applied(list(unique))
         fresh = [e for uid, e in unique.items() if uid not in already]
         result.duplicates = len(events) - len(fresh)
+        identifiers: list[Identifier] = []
         for event in fresh:
-            self._apply_one(tx, event, now, result)
+            for type_, value in event.identifiers:
+                if type_ == "previous_id":
+                    identifiers += [("user_id", value), ("anonymous_id", value)]
+                else:
+                    identifiers.append((type_, value))
+        graph = BatchGraph(tx, identifiers, now, self.survivorship)
+        for event in fresh:
+            self._apply_one(graph, event, now, result)
+        graph.flush()
         tx.mark_applied([e.uid for e in fresh], now)
         if result.derived:
             tx.add_outbox(
@@ -76,59 +196,44 @@ class ProfileProcessor:
         result.applied = len(fresh)
         return result
 
-    def _apply_one(self, tx: StoreTx, event: Event, now: float, result: BatchResult) -> None:
-        resolution = self.resolver.resolve(tx, event.identifiers, event.uid, now, event.source_name)
+    def _apply_one(self, graph: BatchGraph, event: Event, now: float, result: BatchResult) -> None:
+        resolution = self.resolver.resolve(graph, event.identifiers, event.uid, event.source_name)
         if resolution is None:
             result.unattributed += 1
             return
         pid = resolution.profile_id
         result.profiles_created += resolution.created
-        new_traits = self.traits.extract(event)
-        current: dict[str, Trait] = {}
         if resolution.merged:
             result.merges += 1
-            every = tx.traits([pid, *resolution.merged])
-            combined = self.survivorship.combine([every[p] for p in [pid, *resolution.merged]])
-            tx.delete_traits(resolution.merged)
-            changed_by_merge = {n: t for n, t in combined.items() if every[pid].get(n) is not t}
-            if changed_by_merge:
-                tx.put_traits(pid, changed_by_merge)
-            current = combined
             result.derived.append(self._merged_event(event, pid, resolution.merged, now))
-        elif new_traits and not resolution.created:
-            current = tx.traits([pid])[pid]
-        changed: dict[str, Trait] = {}
-        diff: dict[str, Any] = {}
-        for name, value in new_traits.items():
-            candidate = Trait(
-                value,
-                event.source_name,
-                event.time,
-                self.survivorship.priority(name, event.source_name),
-                event.uid,
-            )
-            old = current.get(name)
-            if self.survivorship.wins(candidate, old):
-                changed[name] = candidate
-                if old is None or old.value != value:
-                    diff[name] = {"old": None if old is None else old.value, "new": value}
-        if changed:
-            tx.put_traits(pid, changed)
-        if diff:
-            result.derived.append(self._updated_event(event, pid, diff, now))
-        tx.append_timeline(
-            pid,
-            [
-                TimelineEntry(
-                    event_uid=event.uid,
-                    type=event.type,
-                    source=event.source_name,
-                    time=event.time,
-                    received_at=event.received_at,
-                    event=event.to_cloudevent(),
+        new_traits = self.traits.extract(event)
+        if new_traits:
+            current = graph.profile_traits(pid)
+            changed: dict[str, Trait] = {}
+            diff: dict[str, Any] = {}
+            source = event.source_name
+            for name, value in new_traits.items():
+                candidate = Trait(
+                    value, source, event.time, self.survivorship.priority(name, source), event.uid
                 )
-            ],
-            now,
+                old = current.get(name)
+                if self.survivorship.wins(candidate, old):
+                    changed[name] = candidate
+                    if old is None or old.value != value:
+                        diff[name] = {"old": None if old is None else old.value, "new": value}
+            if changed:
+                graph.set_traits(pid, changed)
+            if diff:
+                result.derived.append(self._updated_event(event, pid, diff, now))
+        graph.timeline.setdefault(pid, []).append(
+            TimelineEntry(
+                event_uid=event.uid,
+                type=event.type,
+                source=event.source_name,
+                time=event.time,
+                received_at=event.received_at,
+                event=event.to_cloudevent(),
+            )
         )
 
     @staticmethod
