@@ -24,8 +24,11 @@ app = typer.Typer(
 )
 profiles_app = typer.Typer(help="Look up unified profiles.", no_args_is_help=True)
 config_app = typer.Typer(help="Check configuration.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead letters: events a processor gave up on, with the error.",
+                      no_args_is_help=True)
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(config_app, name="config")
+app.add_typer(dlq_app, name="dlq")
 
 console = Console()
 err = Console(stderr=True)
@@ -170,9 +173,28 @@ async def _prepare(runtime: Any) -> None:
 def worker_cmd(
     config: ConfigOpt = None,
     data_dir_: DataDirOpt = None,
+    concurrency: Annotated[int, typer.Option(
+        "--concurrency", "-n", min=1, help="How many worker processes to run")] = 1,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
 ) -> None:
-    """Run the profiles processor (a consumer group of the event log)."""
+    """Run the profiles processor (a consumer group of the event log).
+
+    With --concurrency N, N worker processes share the consumer group; each is
+    restarted if it dies. Scaling past one worker needs the NATS bus (the
+    embedded log serves one consumer per group at a time).
+    """
+    if concurrency > 1:
+        cmd = _worker_command(config, data_dir(data_dir_)) + ["--log-level", log_level]
+        supervisors = [WorkerSupervisor(cmd) for _ in range(concurrency)]
+        for sup in supervisors:
+            sup.start()
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        stop.wait()
+        for sup in supervisors:
+            sup.stop()
+        return
     runtime = _runtime(config, data_dir_)
     configure_logging(log_level)
 
@@ -233,6 +255,141 @@ def config_check(config: ConfigOpt = None) -> None:
     )
     console.print(f"  identifiers: {idents}")
     console.print(f"  trait rules: {len(cfg.traits.rules)}, mappings: {len(cfg.traits.mappings)}")
+
+
+@app.command()
+def migrate(config: ConfigOpt = None, data_dir_: DataDirOpt = None) -> None:
+    """Create or upgrade the store's schema (also done at every start)."""
+    runtime = _runtime(config, data_dir_)
+    runtime.store.migrate()
+    console.print(f"[green]ok[/green] store schema is up to date ({runtime.store_url or 'sqlite'})")
+
+
+def _run(coro_factory: Any, config: Path | None, data: Path | None) -> Any:
+    runtime = _runtime(config, data)
+
+    async def main() -> Any:
+        await runtime.start()
+        try:
+            return await coro_factory(runtime)
+        finally:
+            await runtime.close()
+
+    return asyncio.run(main())
+
+
+GroupOpt = Annotated[str | None, typer.Option("--group", "-g", help="Consumer group")]
+
+
+@dlq_app.command("list")
+def dlq_list(group: GroupOpt = None, all_: Annotated[bool, typer.Option(
+        "--all", help="Include dead letters already replayed")] = False,
+             config: ConfigOpt = None, data_dir_: DataDirOpt = None) -> None:
+    """List dead letters, oldest first."""
+    from rich.table import Table
+
+    letters = _run(lambda rt: rt.bus.dead_letters(group, include_replayed=all_), config,
+                   data_dir_)
+    table = Table("id", "group", "topic", "message id", "attempts", "failed at", "error")
+    from tessera.events.envelope import iso_time
+
+    for d in letters:
+        table.add_row(str(d.id), d.group, d.topic, d.message_id, str(d.attempts),
+                      iso_time(d.failed_at), d.error.splitlines()[-1][:80])
+    console.print(table)
+    console.print(f"{len(letters)} dead letter(s)")
+
+
+@dlq_app.command("show")
+def dlq_show(letter_id: Annotated[int, typer.Argument(help="Dead letter id")],
+             config: ConfigOpt = None, data_dir_: DataDirOpt = None) -> None:
+    """Show one dead letter: its error and the whole message."""
+    letters = _run(lambda rt: rt.bus.dead_letters(None, include_replayed=True), config,
+                   data_dir_)
+    found = next((d for d in letters if d.id == letter_id), None)
+    if found is None:
+        err.print(f"no dead letter {letter_id}")
+        raise typer.Exit(1)
+    try:
+        message: Any = orjson.loads(found.payload)
+    except orjson.JSONDecodeError:
+        message = found.payload.decode("utf-8", "replace")
+    body = {"id": found.id, "group": found.group, "topic": found.topic, "seq": found.seq,
+            "message_id": found.message_id, "attempts": found.attempts,
+            "failed_at": found.failed_at, "replayed_at": found.replayed_at,
+            "error": found.error, "message": message}
+    console.print_json(orjson.dumps(body).decode())
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    letter_ids: Annotated[list[int] | None, typer.Argument(help="Dead letter ids")] = None,
+    group: GroupOpt = None,
+    all_: Annotated[bool, typer.Option("--all", help="Replay every pending dead letter "
+                                       "(of --group if given)")] = False,
+    config: ConfigOpt = None, data_dir_: DataDirOpt = None,
+) -> None:
+    """Deliver dead letters again to the group that failed them (after a fix)."""
+    if not letter_ids and not all_:
+        err.print("give dead letter ids, or --all")
+        raise typer.Exit(2)
+
+    async def replay(rt: Any) -> tuple[int, list[int]]:
+        ids = list(letter_ids or [])
+        if all_:
+            ids += [d.id for d in await rt.bus.dead_letters(group)]
+        done, missing = 0, []
+        for letter in ids:
+            if await rt.bus.replay_dead_letter(letter):
+                done += 1
+            else:
+                missing.append(letter)
+        return done, missing
+
+    done, missing = _run(replay, config, data_dir_)
+    console.print(f"{done} dead letter(s) queued for replay")
+    if missing:
+        err.print(f"not found or already replayed: {', '.join(map(str, missing))}")
+        raise typer.Exit(1)
+
+
+@app.command()
+def replay(
+    group: Annotated[str, typer.Option("--group", "-g", help="Consumer group to rewind")],
+    from_: Annotated[str, typer.Option("--from", help="RFC 3339 time (or 'beginning')")],
+    topic: Annotated[str, typer.Option(help="Topic")] = "events",
+    rebuild: Annotated[bool, typer.Option(
+        help="For the profiles group: drop the profiles, identity links and traits first, "
+             "so they are re-derived from the log (after a rule change)")] = False,
+    config: ConfigOpt = None, data_dir_: DataDirOpt = None,
+) -> None:
+    """Rewind a consumer group so it receives again every event since a time.
+
+    Processing is idempotent: events the group already applied are skipped, so a
+    plain replay only fills in what is missing (after restoring a backup, say).
+    With --rebuild, the profiles are dropped and re-derived from the whole log;
+    stop the workers first and start them again afterwards.
+    """
+    from tessera.events.envelope import parse_time
+
+    try:
+        since = 0.0 if from_ == "beginning" else parse_time(from_)
+    except ValueError as exc:
+        err.print(f"--from: {exc}")
+        raise typer.Exit(2) from None
+    if rebuild and (group != "profiles" or since != 0.0):
+        err.print("--rebuild re-derives the profiles group from the beginning: "
+                  "use --group profiles --from beginning")
+        raise typer.Exit(2)
+
+    async def rewind(rt: Any) -> int:
+        if rebuild:
+            await asyncio.to_thread(rt.store.reset)
+        await rt.bus.reset(topic, group, since)
+        return int(await rt.bus.lag(topic, group))
+
+    pending = _run(rewind, config, data_dir_)
+    console.print(f"group {group!r} rewound: {pending} event(s) will be delivered again")
 
 
 @app.command()

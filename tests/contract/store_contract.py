@@ -185,3 +185,18 @@ class StoreContract:
             tx.create_profile(b, 1.0)
             tx.link(b, [("email", "one@x.io")], "e2", 1.0, "web")
         assert store.resolve("email:one@x.io") == a
+
+    def test_reset_drops_every_projection(self, store: Store) -> None:
+        p = pid()
+        with store.transaction() as tx:
+            tx.create_profile(p, 1.0)
+            tx.link(p, [("email", "reset@x.io")], "e1", 1.0, "web")
+            tx.put_traits(p, {"city": Trait("Paris", "web", 1.0)})
+            tx.append_timeline(p, [entry("e1", 1.0)], 1.0)
+            tx.mark_applied(["e1"], 1.0)
+        store.reset()
+        assert store.resolve("email:reset@x.io") is None
+        assert store.counts() == {"profiles": 0, "identities": 0, "events_applied": 0,
+                                  "merges": 0}
+        with store.transaction() as tx:
+            assert tx.applied(["e1"]) == set()

@@ -194,6 +194,13 @@ class Store(abc.ABC):
     def counts(self) -> dict[str, int]:
         """``profiles`` (live), ``identities``, ``events_applied``, ``merges``."""
 
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Drop every projection (profiles, links, traits, timelines, applied records).
+
+        The event log is the truth: replaying it from the beginning re-derives them.
+        """
+
     def iter_profile_ids(self) -> Iterator[str]:
         raise NotImplementedError
 

@@ -18,7 +18,6 @@ from typing import Any
 import orjson
 
 from tessera import sqlitefile
-
 from tessera.store.base import (
     Identifier,
     IdentityLink,
@@ -394,6 +393,19 @@ class SQLiteStore(Store):
             "events_applied": one("SELECT count(*) FROM applied"),
             "merges": one("SELECT count(*) FROM merges"),
         }
+
+    def reset(self) -> None:
+        with self._write_lock:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for table in ("profiles", "identities", "traits", "timeline", "merges",
+                              "applied", "outbox"):
+                    conn.execute(f"DELETE FROM {table}")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def iter_profile_ids(self) -> Iterator[str]:
         for (pid,) in self._conn().execute(
