@@ -184,7 +184,7 @@ def worker_cmd(
     embedded log serves one consumer per group at a time).
     """
     if concurrency > 1:
-        cmd = _worker_command(config, data_dir(data_dir_)) + ["--log-level", log_level]
+        cmd = [*_worker_command(config, data_dir(data_dir_)), "--log-level", log_level]
         supervisors = [WorkerSupervisor(cmd) for _ in range(concurrency)]
         for sup in supervisors:
             sup.start()

@@ -182,7 +182,7 @@ class Store(abc.ABC):
     def timeline(
         self, profile_id: str, limit: int, before: tuple[float, str] | None = None
     ) -> list[TimelineEntry]:
-        """Newest first; ``before`` is the (time, event_uid) of the last entry of the previous page."""
+        """Newest first; ``before`` is the (time, event_uid) of the previous page's last entry."""
 
     @abc.abstractmethod
     def pending_outbox(self, limit: int) -> list[OutboxMessage]: ...
