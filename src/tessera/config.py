@@ -8,6 +8,7 @@ at all, :func:`default_config` gives the demo's settings.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +19,8 @@ SCOPES = {"profiles:read", "segments:read", "decisions:read", "admin"}
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a YAML value of the wrong type ("5", true for a number) is an error, not coerced
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class SourceConfig(Strict):
@@ -83,6 +85,16 @@ class IdentityConfig(Strict):
     blocked_patterns: list[str] = Field(default_factory=lambda: [r"^0+$", r"^\+?0+$"])
     """Regular expressions; a value matching any is dropped (all-zero and similar)."""
     default_phone_region: str = "US"
+
+    @field_validator("blocked_patterns")
+    @classmethod
+    def _valid_patterns(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        return patterns
 
     @model_validator(mode="after")
     def _unique_types(self) -> IdentityConfig:

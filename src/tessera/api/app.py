@@ -61,8 +61,9 @@ def create_app(runtime: Runtime, worker_in_process: bool = False) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         names = {404: "not_found", 405: "method_not_allowed"}
+        name = names.get(exc.status_code, "http_error")
         return json_response(
-            {"error": names.get(exc.status_code, "http_error"), "message": str(exc.detail)},
+            {"error": name, "code": name, "message": str(exc.detail)},
             exc.status_code,
             dict(exc.headers or {}),
         )

@@ -48,6 +48,8 @@ async def read_body(request: Request, limit: int) -> bytes:
                     )
             except zlib.error as exc:
                 raise ApiError(400, "invalid_body", f"corrupt {encoding} body: {exc}") from None
+            if decoder.unused_data:
+                raise _trailing_data(encoding)
         size += len(chunk)
         if size > limit:
             raise ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
@@ -65,7 +67,14 @@ async def read_body(request: Request, limit: int) -> bytes:
         chunks.append(tail)
         if not decoder.eof:
             raise ApiError(400, "invalid_body", f"truncated {encoding} body")
+        if decoder.unused_data:
+            raise _trailing_data(encoding)
     return b"".join(chunks)
+
+
+def _trailing_data(encoding: str) -> ApiError:
+    # a second gzip member or garbage: refused rather than silently ignored
+    return ApiError(400, "invalid_body", f"unexpected data after the end of the {encoding} stream")
 
 
 def parse_json(body: bytes) -> object:

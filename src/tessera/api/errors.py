@@ -27,7 +27,8 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def response(self) -> Response:
-        body: dict[str, Any] = {"error": self.error, "message": self.message}
+        # "code" repeats "error" for the Segment and RudderStack SDKs, which read it
+        body: dict[str, Any] = {"error": self.error, "code": self.error, "message": self.message}
         if self.errors:
             body["errors"] = [e.as_dict() for e in self.errors]
         return json_response(body, self.status, self.headers)

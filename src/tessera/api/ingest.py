@@ -115,6 +115,8 @@ async def ingest_cloudevents(request: Request) -> Response:
 async def _segment(request: Request, call: str | None) -> Response:
     runtime = runtime_of(request)
     key = credentials(request)
+    # a key in the header is checked before the body is read; one in the body, after
+    source = source_for(runtime, key) if key is not None else None
     content_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     if content_type and content_type not in ("application/json", "text/plain"):
         raise ApiError(
@@ -131,9 +133,9 @@ async def _segment(request: Request, call: str | None) -> Response:
             "the body must be a JSON object",
             [FieldError("(body)", "must be a JSON object")],
         )
-    if key is None and isinstance(raw.get("writeKey"), str):
-        key = raw["writeKey"]
-    source = source_for(runtime, key)
+    if source is None:
+        body_key = raw.get("writeKey")
+        source = source_for(runtime, body_key if isinstance(body_key, str) else None)
     received = time.time()
     messages: list[Any]
     if call is None:
@@ -163,7 +165,7 @@ async def _segment(request: Request, call: str | None) -> Response:
         errors.extend(segment.check_message(msg, position, call))
     if errors:
         too_big = all(e.reason.startswith("is larger than") for e in errors)
-        status = 413 if too_big and not indexed else 400
+        status = 413 if too_big else 400
         raise ApiError(
             status,
             "invalid_events" if status == 400 else "payload_too_large",

@@ -11,6 +11,7 @@ import base64
 import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 
@@ -139,12 +140,16 @@ def parse_binary(
     received_at: float,
     extractor: IdentifierExtractor,
 ) -> list[Event]:
-    """Binary mode: attributes in ``ce-*`` headers, the body is the data."""
+    """Binary mode: attributes in ``ce-*`` headers, the body is the data.
+
+    Header values are percent-decoded, as the HTTP binding percent-encodes
+    space, ``"``, ``%`` and everything outside printable ASCII.
+    """
     raw: dict[str, Any] = {}
     for name, value in headers.items():
         lower = name.lower()
         if lower.startswith("ce-") and len(lower) > 3:
-            raw[lower[3:]] = value
+            raw[lower[3:]] = unquote(value) if "%" in value else value
     if content_type:
         raw["datacontenttype"] = content_type
     if body:

@@ -33,7 +33,7 @@ def check_message(msg: Any, index: int | None, call: str | None = None) -> list[
         return errors
     for name in ("userId", "anonymousId", "previousId", "groupId"):
         value = msg.get(name)
-        if value is not None and not isinstance(value, str | int):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, str | int)):
             errors.append(FieldError(name, "must be a string", index))
     if kind == "alias":
         for name in ("userId", "previousId"):
