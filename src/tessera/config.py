@@ -155,6 +155,13 @@ class TesseraConfig(Strict):
                 raise ValueError(f"write key of source {src.name!r} is used twice")
             names.add(src.name)
             keys.add(src.write_key)
+        named = [("traits.source_priority", n) for n in self.traits.source_priority]
+        named += [(f"traits.rules ({rule.trait})", n)
+                  for rule in self.traits.rules for n in rule.sources]
+        for where, name in named:
+            if name not in names:
+                raise ValueError(f"{where} names the source {name!r}, which is not declared "
+                                 f"under sources")
         return self
 
     def identifier(self, type_: str) -> IdentifierConfig | None:

@@ -136,3 +136,13 @@ def test_cli_config_check_accepts_a_good_file(
     assert result.exit_code == 0, result.output
     assert "ok good.yaml" in flat(result.stdout)
     assert "sources: web" in flat(result.stdout)
+
+
+def test_trait_rules_must_name_declared_sources() -> None:
+    raw = {"sources": [{"name": "crm", "write_key": "wk_crm_1234"}],
+           "traits": {"rules": [{"trait": "address", "sources": ["crn"]}]}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, "t.yaml")
+    assert "names the source 'crn', which is not declared" in str(info.value)
+    with pytest.raises(ConfigError, match="source_priority names the source 'web'"):
+        parse_config({"sources": raw["sources"], "traits": {"source_priority": ["web"]}})

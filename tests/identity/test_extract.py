@@ -53,3 +53,14 @@ def test_configured_identifier_paths() -> None:
         {"type": "loyalty_id", "limit": 1, "priority": 5, "paths": ["data.loyalty.id"]}]}})
     found = IdentifierExtractor(config).extract({"data": {"loyalty": {"id": "L9"}}})
     assert found == [("loyalty_id", "L9")]
+
+
+def test_same_source_and_id_from_two_write_keys_are_two_events() -> None:
+    from tessera.events.envelope import Event
+
+    def make(sender: str) -> Event:
+        return Event(id="42", source="crm", type="t", time=0.0, received_at=0.0,
+                     source_name=sender)
+
+    assert make("crm").uid == make("crm").uid
+    assert make("crm").uid != make("web").uid

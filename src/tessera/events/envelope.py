@@ -3,8 +3,8 @@
 It is a CloudEvent (``id``, ``source``, ``type``, ``time``, ``data`` and the
 optional attributes) plus what Tessera stamps on it at ingest: the source
 that sent it (from the write key), when it was received, and the normalized
-identifiers found in it. The ``uid`` is derived from (``source``, ``id``), so
-the same event sent twice is the same event everywhere.
+identifiers found in it. The ``uid`` is derived from (sending source, ``source``, ``id``), so
+the same event sent twice by the same source is the same event everywhere.
 """
 
 from __future__ import annotations
@@ -19,10 +19,14 @@ import orjson
 Identifier = tuple[str, str]
 
 
-def event_uid(source: str, event_id: str) -> str:
-    """A stable 32-hex-digit id for (CloudEvents source, id)."""
-    digest = hashlib.blake2b(f"{source}\x1f{event_id}".encode(), digest_size=16)
-    return digest.hexdigest()
+def event_uid(source_name: str, source: str, event_id: str) -> str:
+    """A stable 32-hex-digit id for (sending Tessera source, CloudEvents source, id).
+
+    The sending source is part of it so that one write key's holder cannot
+    pre-empt another source's events by sending their (source, id) first.
+    """
+    key = f"{source_name}\x1f{source}\x1f{event_id}".encode()
+    return hashlib.blake2b(key, digest_size=16).hexdigest()
 
 
 @dataclass(slots=True)
@@ -46,7 +50,7 @@ class Event:
 
     def __post_init__(self) -> None:
         if not self.uid:
-            self.uid = event_uid(self.source, self.id)
+            self.uid = event_uid(self.source_name, self.source, self.id)
         self.identifiers = [(t, v) for t, v in self.identifiers]
 
     @property

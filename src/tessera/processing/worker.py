@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import psycopg
+import psycopg_pool
 import structlog
 
 from tessera.bus.base import Bus, BusUnavailable, Delivery, Message
 from tessera.config import ProcessorConfig
 from tessera.events.envelope import Event
 from tessera.processing.profiles import BatchResult, ProfileProcessor, decode
-from tessera.store.base import Store
+from tessera.store.base import Store, StoreUnavailable
 
 EVENTS_TOPIC = "events"
 PROFILES_GROUP = "profiles"
@@ -41,6 +44,14 @@ class WorkerStats:
     dead_lettered: int = 0
     retried: int = 0
     relayed: int = 0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An outage of the store (retry everything later), not a bad event (dead-letter it)."""
+    if isinstance(exc, StoreUnavailable | sqlite3.OperationalError | psycopg.OperationalError
+                  | psycopg_pool.PoolTimeout):
+        return True
+    return isinstance(exc, sqlite3.DatabaseError) and "locked" in str(exc)
 
 
 def describe(exc: BaseException) -> str:
@@ -129,6 +140,11 @@ class Worker:
         try:
             await self._apply(events)
         except Exception as exc:
+            if is_transient(exc):
+                # the store is down, not the events: take them all again later, unharmed
+                log.warning("worker.store_unavailable", error=describe(exc))
+                await self.bus.nack(good, 1.0)
+                raise
             log.warning("worker.batch_failed", size=len(events), error=describe(exc))
             await self._one_by_one(good, events)
             return len(deliveries)
@@ -148,6 +164,9 @@ class Worker:
             try:
                 await self._apply([event])
             except Exception as exc:
+                if is_transient(exc):
+                    await self.bus.nack(deliveries[index:], 1.0)
+                    raise
                 error = describe(exc)
                 if delivery.attempts >= self.config.max_attempts:
                     await relay_outbox(self.store, self.bus)

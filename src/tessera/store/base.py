@@ -210,3 +210,10 @@ class Store(abc.ABC):
 
 class Conflict(Exception):
     """A concurrent transaction won (deadlock, serialization failure); retry the unit of work."""
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached (connection refused, restarting); retry later.
+
+    Processors never dead-letter events because of this: the events are not at fault.
+    """
