@@ -163,3 +163,38 @@ def test_replay_rebuild_rederives_profiles(tmp_path: Path) -> None:
         await runtime.close()
 
     asyncio.run(check())
+
+
+async def test_store_outage_retries_without_dead_lettering(tmp_path: Path) -> None:
+    import asyncio
+
+    from tessera.store.base import StoreUnavailable
+
+    runtime = Runtime(default_config(), tmp_path)
+    await runtime.start()
+    real_apply = runtime.processor.apply
+    outage = {"left": 4}
+
+    def flaky_apply(events: Any, retries: int = 8) -> Any:
+        if outage["left"] > 0:
+            outage["left"] -= 1
+            raise StoreUnavailable("connection refused")
+        return real_apply(events, retries)
+
+    runtime.processor.apply = flaky_apply  # type: ignore[method-assign]
+    worker = runtime.worker()
+    worker.config = worker.config.model_copy(update={"max_attempts": 2})
+    try:
+        await publish(runtime, [make_event(n, f"o{n}@example.com") for n in range(3)])
+        task = asyncio.create_task(worker.run(idle_timeout=0.05))
+        for _ in range(200):
+            if runtime.store.counts()["events_applied"] == 3:
+                break
+            await asyncio.sleep(0.05)
+        worker.stop()
+        await task
+        assert outage["left"] == 0
+        assert runtime.store.counts()["events_applied"] == 3
+        assert await runtime.bus.dead_letters() == []
+    finally:
+        await runtime.close()
