@@ -51,7 +51,6 @@ class Event:
     def __post_init__(self) -> None:
         if not self.uid:
             self.uid = event_uid(self.source_name, self.source, self.id)
-        self.identifiers = [(t, v) for t, v in self.identifiers]
 
     @property
     def partition_key(self) -> str:
@@ -66,7 +65,9 @@ class Event:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Event:
-        return cls(**orjson.loads(raw))
+        fields = orjson.loads(raw)
+        fields["identifiers"] = [(t, v) for t, v in fields.get("identifiers", ())]
+        return cls(**fields)
 
     def to_cloudevent(self) -> dict[str, Any]:
         """This event as a structured-mode CloudEvent (JSON format)."""

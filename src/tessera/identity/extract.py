@@ -15,9 +15,10 @@ from typing import Any
 
 import phonenumbers
 
-from tessera.config import IdentifierConfig, TesseraConfig
+from tessera.config import TesseraConfig
 
 Identifier = tuple[str, str]
+_TYPES = "\x00types"  # marks the identifier types found at a node of the path tree
 
 
 def get_path(obj: Any, path: str) -> Any:
@@ -69,32 +70,40 @@ class IdentifierExtractor:
 
     def __init__(self, config: TesseraConfig) -> None:
         idents = sorted(config.all_identifiers(), key=lambda i: (i.priority, i.type))
-        self._types: list[tuple[IdentifierConfig, list[list[str]]]] = [
-            (i, [p.split(".") for p in i.paths]) for i in idents
-        ]
         self._priority = {i.type: i.priority for i in idents}
+        self._mode = {i.type: i.normalize for i in idents}
         self._blocked = {v.strip().lower() for v in config.identity.blocked_values}
-        self._blocked_re = [re.compile(p) for p in config.identity.blocked_patterns]
+        patterns = config.identity.blocked_patterns
+        self._blocked_re = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
         self._phone = make_phone_normalizer(config.identity.default_phone_region)
+        # every configured path in one tree: {"data": {"email": {TYPES: [(rank, "email")]}}}
+        self._tree: dict[str, Any] = {}
+        for rank, ident in enumerate(idents):
+            for path in ident.paths:
+                node = self._tree
+                for part in path.split("."):
+                    node = node.setdefault(part, {})
+                node.setdefault(_TYPES, []).append((rank, ident.type))
 
     def priority(self, type_: str) -> int:
         return self._priority.get(type_, 1000)
 
     def normalize(self, type_: str, raw: Any) -> str | None:
         """The normalized value, or None when it is empty, blocked or malformed."""
-        if isinstance(raw, bool) or raw is None:
+        if isinstance(raw, str):
+            value = raw.strip()
+        elif isinstance(raw, bool) or raw is None:
             return None
-        if isinstance(raw, int | float):
-            raw = str(int(raw)) if float(raw).is_integer() else str(raw)
-        if not isinstance(raw, str):
+        elif isinstance(raw, int | float):
+            value = str(int(raw)) if float(raw).is_integer() else str(raw)
+        else:
             return None
-        value = raw.strip()
         if not value or len(value) > 512:
             return None
-        if value.lower() in self._blocked or any(r.match(value) for r in self._blocked_re):
+        if value.lower() in self._blocked or (
+                self._blocked_re is not None and self._blocked_re.match(value)):
             return None
-        ident = next((i for i, _ in self._types if i.type == type_), None)
-        mode = ident.normalize if ident else "none"
+        mode = self._mode.get(type_, "none")
         if mode == "email":
             return normalize_email(value)
         if mode == "phone":
@@ -108,25 +117,41 @@ class IdentifierExtractor:
 
     def extract(self, envelope: dict[str, Any]) -> list[Identifier]:
         """Identifiers in ``envelope`` (``{"data": ..., ...}``), highest priority first."""
+        hits: list[tuple[int, str, Any]] = []
+        self._walk(self._tree, envelope, hits)
+        if not hits:
+            return []
+        hits.sort(key=lambda h: h[0])
         found: list[Identifier] = []
         seen: set[Identifier] = set()
-        for ident, paths in self._types:
-            for parts in paths:
-                obj: Any = envelope
-                for part in parts:
-                    if isinstance(obj, dict):
-                        obj = obj.get(part)
-                    else:
-                        obj = None
-                        break
-                if obj is None:
-                    continue
-                for raw in obj if isinstance(obj, list) else (obj,):
-                    value = self.normalize(ident.type, raw)
-                    if value is not None and (ident.type, value) not in seen:
-                        seen.add((ident.type, value))
-                        found.append((ident.type, value))
+        for _, type_, obj in hits:
+            for raw in obj if isinstance(obj, list) else (obj,):
+                value = self.normalize(type_, raw)
+                if value is not None and (type_, value) not in seen:
+                    seen.add((type_, value))
+                    found.append((type_, value))
         return found
+
+    def _walk(self, node: dict[str, Any], obj: dict[str, Any],
+              hits: list[tuple[int, str, Any]]) -> None:
+        # visit whichever is smaller: the event's keys or the tree's
+        if len(obj) < len(node):
+            keys: Iterable[str] = [k for k in obj if k in node]
+        else:
+            keys = [k for k in node if k in obj]
+        for key in keys:
+            if key == _TYPES:
+                continue
+            child = node[key]
+            value = obj[key]
+            if value is None:
+                continue
+            types = child.get(_TYPES)
+            if types is not None:
+                for rank, type_ in types:
+                    hits.append((rank, type_, value))
+            if isinstance(value, dict) and len(child) > (types is not None):
+                self._walk(child, value, hits)
 
     def sort(self, identifiers: Iterable[Identifier]) -> list[Identifier]:
         return sorted(identifiers, key=lambda i: self.priority(i[0]))

@@ -21,8 +21,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from tessera.config import TesseraConfig
 from tessera.events.envelope import Event, event_uid, iso_time
 from tessera.identity.resolver import IdentityResolver
@@ -283,7 +281,7 @@ class ProfileProcessor:
 
 
 def decode(payload: bytes) -> Event:
-    return Event(**orjson.loads(payload))
+    return Event.from_json(payload)
 
 
 __all__ = ["DERIVED_TOPIC", "BatchResult", "ProfileProcessor", "decode", "event_uid"]
