@@ -15,6 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tessera.activation.model import Destination, SubscriptionConfig
+from tessera.journeys.model import JourneyConfig
+
 SCOPES = {"profiles:read", "segments:read", "decisions:read", "admin"}
 
 
@@ -143,6 +146,10 @@ class TesseraConfig(Strict):
     processor: ProcessorConfig = Field(default_factory=ProcessorConfig)
     bus_url: str | None = None
     store_url: str | None = None
+    destinations: dict[str, Destination] = Field(default_factory=dict)
+    """Named destinations that subscriptions and journey actions refer to."""
+    subscriptions: list[SubscriptionConfig] = Field(default_factory=list)
+    journeys: list[JourneyConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique_keys(self) -> TesseraConfig:
