@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
 from collections import Counter
 from pathlib import Path
@@ -205,6 +206,10 @@ def test_nothing_is_left_running(small_run: tuple[DemoResult, str, Path]) -> Non
     port = int(result.url.rsplit(":", 1)[1])
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0
+    # neither the server nor its worker (same process group) is left
+    assert result.server_pid is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(result.server_pid, 0)
 
 
 @pytest.mark.slow

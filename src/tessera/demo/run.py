@@ -90,6 +90,8 @@ class DemoResult:
     exit_code: int = EXIT_OK
     url: str = ""
     data_dir: str = ""
+    server_pid: int | None = None
+    """The ``tessera serve`` process, whose process group also holds its worker."""
     failure: str | None = None
     # the simulation
     people: int = 0
@@ -197,6 +199,7 @@ def run_demo_result(
         _fresh_data_dir(console, data)
         console.print(f"Starting [bold]tessera serve[/bold] on {result.url} (data in {data}) ...")
         server.start()
+        result.server_pid = server.pid
         server.wait_ready(READY_TIMEOUT)
         asyncio.run(_exercise(server, scenario, result, console))
         result.wall_seconds = time.perf_counter() - started
@@ -257,6 +260,8 @@ class Server:
         self.log = data / SERVER_LOG
         self.console = console
         self.process: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
+        """Also the id of its process group (the worker is in it too)."""
 
     @property
     def started(self) -> bool:
@@ -280,6 +285,7 @@ class Server:
             self.process = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
+        self.pid = self.process.pid
 
     def check(self) -> None:
         if self.process is not None and self.process.poll() is not None:
@@ -850,7 +856,7 @@ def _report(console: Console, scenario: Scenario, result: DemoResult) -> None:
         "identities",
         f"{_n(result.distinct_identifiers)} distinct identifiers sent "
         f"({_n(result.raw_spellings)} raw spellings: case, blanks, phone formats) "
-        f"→ {_n(result.identities)} identities in the store",
+        f"→ {_n(result.identities)} identities in the store → {_n(result.profiles)} profiles",
     )
     quality.add_row(
         "profiles",
