@@ -88,16 +88,12 @@ def subscriptions_list(config: ConfigOpt = None, data_dir_: DataDirOpt = None) -
 
 
 def _set_paused(name: str, paused: bool, config: Path | None, data: Path | None) -> None:
-    found = _overview(config, data, name)
-    if not found:
-        err.print(f"no subscription {name!r}")
-        raise typer.Exit(1)
     from tessera.config import data_dir
 
     state = ActivationState(data_dir(data) / FILE_NAME)
     try:
         if not state.set_paused(name, paused):
-            err.print(f"subscription {name!r} has not started yet: start the worker first")
+            err.print(f"no subscription {name!r} has started yet (start the worker first)")
             raise typer.Exit(1)
     finally:
         state.close()

@@ -259,9 +259,14 @@ async def overview(
     config: TesseraConfig, bus: Bus, state: ActivationState, name: str | None = None
 ) -> list[dict[str, Any]]:
     """Every subscription with its definition, pause flag and delivery figures."""
-    subs = {s.name: (s, "api") for s in await asyncio.to_thread(state.api_subscriptions)}
-    subs.update(configured_subscriptions(config))
     rows = {s.name: s for s in await asyncio.to_thread(state.all)}
+    subs: dict[str, tuple[SubscriptionConfig, str]] = {}
+    for row in rows.values():  # as last seen by a worker (its configuration may differ)
+        if row.definition is not None:
+            with contextlib.suppress(ValueError):
+                subs[row.name] = (SubscriptionConfig.model_validate(row.definition, strict=False),
+                                  row.origin)
+    subs.update(configured_subscriptions(config))
     out = []
     for sub_name in sorted(subs):
         if name is not None and sub_name != name:
