@@ -20,6 +20,7 @@ from tessera.bus.base import BusUnavailable, Message
 from tessera.events import cloudevents, segment
 from tessera.events.envelope import Event
 from tessera.events.errors import FieldError, InvalidEvents
+from tessera.observability.metrics import record_ingest
 from tessera.runtime import Runtime
 
 EVENTS_TOPIC = "events"
@@ -48,6 +49,7 @@ async def publish(runtime: Runtime, events: list[Event]) -> tuple[int, int]:
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         ) from None
     new = sum(stored)
+    record_ingest(events, new, len(stored) - new)
     return new, len(stored) - new
 
 

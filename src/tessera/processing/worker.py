@@ -27,6 +27,7 @@ import structlog
 from tessera.bus.base import Bus, BusUnavailable, Delivery, Message
 from tessera.config import ProcessorConfig
 from tessera.events.envelope import Event
+from tessera.observability import metrics, tracing
 from tessera.processing.profiles import BatchResult, ProfileProcessor, decode
 from tessera.store.base import Store, StoreUnavailable
 
@@ -153,7 +154,12 @@ class Worker:
         return len(deliveries)
 
     async def _apply(self, events: Sequence[Event]) -> BatchResult:
-        result = await asyncio.to_thread(self.processor.apply, events)
+        started = time.perf_counter()
+        with tracing.batch_span(self.group, len(events)):
+            result = await asyncio.to_thread(self.processor.apply, events)
+        metrics.record_batch(self.group, result.applied, result.duplicates,
+                             time.perf_counter() - started,
+                             min((e.received_at for e in events), default=None))
         self.stats.batches += 1
         self.stats.applied += result.applied
         self.stats.duplicates += result.duplicates
@@ -174,6 +180,7 @@ class Worker:
                     continue
                 # keep order: this one and everything after it come again later
                 self.stats.retried += 1
+                metrics.record_outcome(self.group, "retried")
                 delay = self.config.retry_backoff_seconds * (2 ** (delivery.attempts - 1))
                 log.warning(
                     "worker.event_failed",
@@ -198,6 +205,7 @@ class Worker:
             error=error,
         )
         self.stats.dead_lettered += 1
+        metrics.record_outcome(self.group, "dead_lettered")
         await self.bus.dead_letter(delivery, error)
 
 
