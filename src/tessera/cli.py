@@ -132,6 +132,9 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "warning",
 ) -> None:
     """Serve the HTTP API (ingest, profiles), with the processor beside it."""
+    from tessera.observability import multiprocess
+
+    multiprocess.enable(data_dir(data_dir_))  # before any metric exists: /metrics sums both
     import uvicorn
 
     from tessera.api.app import create_app
@@ -176,6 +179,8 @@ def worker_cmd(
     concurrency: Annotated[int, typer.Option(
         "--concurrency", "-n", min=1, help="How many worker processes to run")] = 1,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    metrics_port: Annotated[int | None, typer.Option(
+        help="Serve this worker's Prometheus metrics on 127.0.0.1:PORT/metrics")] = None,
 ) -> None:
     """Run the profiles processor (a consumer group of the event log).
 
@@ -197,6 +202,10 @@ def worker_cmd(
         return
     runtime = _runtime(config, data_dir_)
     configure_logging(log_level)
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="127.0.0.1")
 
     async def main() -> None:
         await runtime.start()

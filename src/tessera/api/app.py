@@ -48,6 +48,11 @@ def create_app(runtime: Runtime, worker_in_process: bool = False) -> FastAPI:
     app.state.runtime = runtime
     app.include_router(ingest.router)
     app.include_router(profiles.router)
+    from tessera import console
+    from tessera.observability import routes as observability_routes
+
+    observability_routes.install(app)  # /metrics, request ids, tracing
+    console.install(app)  # /console
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:
