@@ -17,7 +17,7 @@ def open_bus(url: str | None, data_dir: Path) -> Bus:
         path = Path(url.removeprefix("sqlite://")) if url else data_dir / "bus.db"
         return SQLiteBus(path)
     if url.startswith(("nats://", "tls://")):
-        from tessera.bus.nats import NatsBus  # type: ignore[import-not-found,unused-ignore]
+        from tessera.bus.nats import NatsBus
 
-        return NatsBus(url)  # type: ignore[no-any-return,unused-ignore]
+        return NatsBus(url)
     raise ValueError(f"unsupported bus URL {url!r}: use sqlite:///PATH or nats://HOST:PORT")
