@@ -707,7 +707,15 @@ async def _showcase(
     client: httpx.AsyncClient, read_key: str, scenario: Scenario, result: DemoResult
 ) -> None:
     person = scenario.people[scenario.showcase()]
-    profile = await _get_profile(client, read_key, "email", person.email)
+    # looked up by e-mail, as a marketer would, unless someone else shares the address
+    lookups = [("email", person.email)] if ("email", person.email) in scenario.owner else []
+    if person.member_number is not None:
+        lookups.append(("member_number", person.member_number))
+    if person.user_id is not None:
+        lookups.append(("user_id", person.user_id))
+    if not lookups:
+        return
+    profile = await _get_profile(client, read_key, *lookups[0])
     if profile is None:
         return
     headers = {"Authorization": f"Bearer {read_key}"}
@@ -748,10 +756,11 @@ async def _showcase(
     }
     url = result.url
     auth = "-H 'Authorization: Bearer " + read_key + "'"
-    result.curl = [
-        f"curl {auth} {url}/v1/profiles/email:{person.email}",
-        f"curl {auth} {url}/v1/profiles/member_number:{person.member_number}",
-        f"curl {auth} '{url}/v1/profiles/email:{person.email}/events?limit=10'",
+    first = f"{lookups[0][0]}:{lookups[0][1]}"
+    result.curl = [f"curl {auth} {url}/v1/profiles/{first}"]
+    result.curl += [f"curl {auth} {url}/v1/profiles/{t}:{v}" for t, v in lookups[1:2]]
+    result.curl += [
+        f"curl {auth} '{url}/v1/profiles/{first}/events?limit=10'",
         f"curl {auth} {url}/v1/stats",
     ]
 
