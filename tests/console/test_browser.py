@@ -1,0 +1,238 @@
+"""The console in a real browser: headless Chromium driven by Playwright.
+
+A real ``tessera serve`` (API and worker processes) on a free port holds the
+scenario of ``scenario.py``: Jane's two profiles merged by an app login, and
+two dead letters. The tests log in, find Jane, open her Customer 360, see the
+merge in the identity graph and why it happened, watch the live tail, and
+replay a dead letter.
+
+Screenshots go to a temporary directory; with ``TESSERA_UPDATE_SCREENSHOTS=1``
+they replace the ones in ``docs/screenshots/`` that the README shows.
+
+Chromium is Debian's (``/usr/bin/chromium``): the tests skip without it,
+unless ``TESSERA_REQUIRE_SERVICES`` is set (CI), where they fail instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.console.scenario import (
+    EVENTS,
+    FAILED_EVENT,
+    MERGE_EVENT_TYPE,
+    cloudevent,
+    put_dead_letters_in,
+)
+from tests.processes import TesseraProcess, free_port
+
+CHROMIUM = Path(os.environ.get("TESSERA_CHROMIUM", "/usr/bin/chromium"))
+ROOT = Path(__file__).resolve().parents[2]
+DOCS_SCREENSHOTS = ROOT / "docs" / "screenshots"
+ADMIN_KEY = "ak_admin_123"
+READ_KEY = "rk_read_123"
+TIMEOUT_MS = 15_000
+
+pytestmark = pytest.mark.slow
+
+
+def _require_chromium() -> None:
+    if CHROMIUM.exists():
+        return
+    message = f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
+    if os.environ.get("TESSERA_REQUIRE_SERVICES"):
+        pytest.fail(message + " and TESSERA_REQUIRE_SERVICES is set")
+    pytest.skip(message)
+
+
+def _post(url: str, key: str, event: dict[str, Any]) -> None:
+    response = httpx.post(
+        url + "/v1/events", json=cloudevent(event), timeout=10,
+        headers={"Authorization": f"Bearer {key}",
+                 "Content-Type": "application/cloudevents+json"})
+    assert response.status_code == 202, response.text
+
+
+def _wait_processed(url: str, events: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    stats: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        stats = httpx.get(url + "/v1/stats", headers={"Authorization": f"Bearer {READ_KEY}"},
+                          timeout=5).json()
+        if stats["store"]["events_applied"] >= events and stats["lag"]["profiles"] == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the worker did not catch up: {stats}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TesseraProcess]:
+    _require_chromium()
+    data = tmp_path_factory.mktemp("console") / "data"
+    asyncio.run(put_dead_letters_in(data))
+    process = TesseraProcess(["serve"], data, port=free_port(),
+                             env={"TESSERA_SQLITE_SYNCHRONOUS": "OFF"})
+    process.start()
+    try:
+        for key, event in EVENTS:
+            _post(process.url, key, event)
+        _wait_processed(process.url, len(EVENTS))
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(server: TesseraProcess) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1360, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    tab = context.new_page()
+    try:
+        yield tab
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if os.environ.get("TESSERA_UPDATE_SCREENSHOTS"):
+        DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return DOCS_SCREENSHOTS
+    return tmp_path_factory.mktemp("screenshots")
+
+
+def _login(page: Any, server: TesseraProcess, key: str = ADMIN_KEY) -> None:
+    page.goto(server.url + "/console")
+    assert "/console/login" in page.url
+    page.fill("input[name=key]", key)
+    page.click("button[type=submit]")
+
+
+def test_login_only_with_an_admin_key(page: Any, server: TesseraProcess, shots: Path) -> None:
+    _login(page, server, "not-a-key")
+    assert page.locator("p.error").inner_text() == "That is not an API key with the admin scope."
+    page.screenshot(path=str(shots / "login.png"))
+    page.fill("input[name=key]", READ_KEY)
+    page.click("button[type=submit]")
+    assert page.locator("p.error").is_visible()
+
+    page.fill("input[name=key]", ADMIN_KEY)
+    page.click("button[type=submit]")
+    page.wait_for_url(server.url + "/console")
+    assert page.locator("h1").first.inner_text() == "Overview"
+    assert page.locator("[data-lag=profiles]").inner_text() == "0"
+    assert page.locator("[data-stat=dead-letters]").inner_text() == "2"
+
+
+def test_overview_tails_events_live(page: Any, server: TesseraProcess, shots: Path) -> None:
+    _login(page, server)
+    page.wait_for_url(server.url + "/console")
+    page.wait_for_function(
+        "document.getElementById('tail-state').textContent === 'live'", timeout=TIMEOUT_MS)
+    for i in range(3):
+        _post(server.url, "wk_web_123", {
+            "id": f"tail-{i}", "source": "web", "type": "com.example.web.page_viewed",
+            "time": f"2026-03-06T08:0{i}:00Z", "data": {"userId": f"u-tail-{i}"}})
+    rows = page.locator("#tail tbody tr[data-uid]")
+    rows.nth(2).wait_for()
+    assert "com.example.web.page_viewed" in rows.first.inner_text()
+    assert "user_id:u-tail-2" in rows.first.inner_text()
+    # the stats refresh by themselves and count what was just ingested
+    page.wait_for_function(
+        "document.querySelector('[data-stat=ingest-rate]').textContent.trim() !== '—'",
+        timeout=TIMEOUT_MS)
+    page.screenshot(path=str(shots / "overview.png"), full_page=True)
+
+
+def test_find_a_customer_and_see_why_they_were_merged(
+    page: Any, server: TesseraProcess, shots: Path
+) -> None:
+    _login(page, server)
+    page.wait_for_url(server.url + "/console")
+    search = page.locator("header form.search input[name=q]")
+    search.fill("Jane@Example.com")
+    search.press("Enter")
+    page.wait_for_url(re.compile(r".*/console/profiles/prf_[0-9a-f]+$"))
+    assert page.locator("h1").first.inner_text().startswith("Jane Doe")
+
+    traits = page.locator("#traits").inner_text()
+    assert "membership_tier" in traits and "gold" in traits and "membership" in traits
+
+    graph = page.locator("svg.identity-graph")
+    assert graph.is_visible()
+    merged = graph.locator("g.merge")
+    assert merged.count() == 1
+    assert (merged.first.locator("text").first.text_content() or "").startswith("prf_")
+    assert "from app" in (merged.first.text_content() or "")
+    carried = graph.locator("g.in-merge-event")
+    assert sorted(carried.nth(i).get_attribute("data-identifier")
+                  for i in range(carried.count())) == ["member_number:M-1001", "user_id:u-42"]
+    assert graph.locator("g.link").count() == 4
+
+    why = page.locator("li.merge-reason").inner_text()
+    assert MERGE_EVENT_TYPE in why and "member_number:M-1001" in why and "user_id:u-42" in why
+    timeline = page.locator("#timeline tbody tr")
+    assert timeline.count() == 4
+    assert "com.example.membership.renewed" in timeline.first.inner_text()
+    assert page.locator("#consent .not-available").is_visible()
+    page.locator("#identity").screenshot(path=str(shots / "identity-graph.png"))
+    page.screenshot(path=str(shots / "customer-360.png"), full_page=True)
+
+    # the event behind the merge, one click away
+    page.locator("li.merge-reason a").first.click()
+    page.wait_for_url(re.compile(r".*/events/[0-9a-f]+$"))
+    assert "merges it caused" in page.locator("table.kv").inner_text()
+
+
+def test_replay_a_dead_letter(page: Any, server: TesseraProcess, shots: Path) -> None:
+    _login(page, server)
+    page.wait_for_url(server.url + "/console")
+    page.click("header nav >> text=Dead letters")
+    page.wait_for_url(server.url + "/console/dead-letters")
+    row = page.locator(f"tr.dead-letter:has-text('{FAILED_EVENT.uid[:24]}')")
+    assert "simulated: the store was unavailable" in row.inner_text()
+    assert page.locator("tr.dead-letter:has-text('undecodable event')").count() == 1
+    page.screenshot(path=str(shots / "dead-letters.png"), full_page=True)
+
+    row.locator("button.replay").click()
+    row.locator("span.ok").wait_for()
+    assert row.locator("button.replay").count() == 0
+
+    # the worker applies the replayed event: Carol now has a profile
+    deadline = time.monotonic() + 20
+    found = None
+    while time.monotonic() < deadline:
+        found = httpx.get(server.url + "/v1/profiles/email:carol@example.com", timeout=5,
+                          headers={"Authorization": f"Bearer {READ_KEY}"})
+        if found.status_code == 200:
+            break
+        time.sleep(0.2)
+    assert found is not None and found.status_code == 200, found.text if found else None
+    assert found.json()["traits"]["first_name"]["value"] == "Carol"
+    page.reload()
+    assert page.locator(f"tr.dead-letter:has-text('{FAILED_EVENT.uid[:24]}')").count() == 0
