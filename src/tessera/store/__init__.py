@@ -17,7 +17,7 @@ def open_store(url: str | None, data_dir: Path) -> Store:
         path = Path(url.removeprefix("sqlite://")) if url else data_dir / "store.db"
         return SQLiteStore(path)
     if url.startswith(("postgresql://", "postgres://")):
-        from tessera.store.postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
+        from tessera.store.postgres import PostgresStore
 
-        return PostgresStore(url)  # type: ignore[no-any-return,unused-ignore]
+        return PostgresStore(url)
     raise ValueError(f"unsupported store URL {url!r}: use sqlite:///PATH or postgresql://...")

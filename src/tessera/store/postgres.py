@@ -1,0 +1,1033 @@
+"""The server store: profiles in PostgreSQL, shared by several worker processes.
+
+Where SQLite has one writer at a time, here several processors run their
+transactions concurrently, so the store does what the contract asks of a
+multi-writer backend (``single_writer = False``):
+
+* ``lock_identifiers`` takes transaction-scoped advisory locks on a stable
+  64-bit hash of each identifier, in sorted order. Two transactions that see
+  the same identifier are serialized before either looks it up, so two workers
+  never both create a profile for one new identifier.
+* ``lock_profiles`` takes the profiles' row locks (``FOR UPDATE``, sorted by
+  id). A merge moves identities and timeline *by profile id* while holding
+  them, and the resolver looks its identifiers up again after locking, so a
+  merge committed by another worker in between is seen, not overwritten.
+* Deadlocks, serialization failures and unique violations on ``identities`` /
+  ``applied`` (another worker won a race) become :class:`Conflict`, which makes
+  the processor retry the whole batch.
+
+Transactions run at READ COMMITTED on purpose: every statement sees what
+committed before it started, which is what "look up again after locking"
+relies on. A snapshot isolation level would hide the very commits the locks
+waited for.
+
+Speed comes from round trips, not from SQL: a batch of 500 events would
+otherwise cost thousands of statements. So a transaction runs in psycopg's
+pipeline mode, and :class:`PostgresTx` keeps writes in memory and sends them
+at commit as a few multi-row ``unnest`` statements; only reads whose answer
+depends on them (a merge, ``identifiers_of``) send them earlier. What this
+transaction has locked it also remembers (which identifier belongs to which
+profile, a profile's traits): nobody else can change those until it commits,
+so later events of the same person in the batch need no round trip at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+import orjson
+import psycopg
+from psycopg import errors, sql
+from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from tessera.store.base import (
+    Conflict,
+    Identifier,
+    IdentityLink,
+    MergeRecord,
+    OutboxMessage,
+    Profile,
+    Store,
+    StoreTx,
+    TimelineEntry,
+    Trait,
+)
+
+__all__ = ["MIGRATIONS", "Migration", "PostgresStore", "PostgresTx", "StoreUnavailable", "migrate"]
+
+log = logging.getLogger("tessera.store.postgres")
+
+DEFAULT_SCHEMA = "tessera"
+RECONNECT_TIMEOUT = 5.0
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class StoreUnavailable(Exception):
+    """PostgreSQL cannot be reached (down, restarting, or the pool timed out waiting).
+
+    Not a :class:`Conflict`: retrying the batch at once would not help. The
+    pool keeps reconnecting in the background; a later call succeeds once the
+    server is back.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One step of the schema's history. Applied steps are never edited: add a new one."""
+
+    version: int
+    name: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "profiles, identities, traits, timeline, merges, applied events, outbox",
+        # Key columns use the "C" collation: byte order, as in SQLite, and
+        # cheaper comparisons in every primary key and index.
+        """
+        CREATE TABLE profiles (
+            id text COLLATE "C" PRIMARY KEY,
+            created_at double precision NOT NULL,
+            updated_at double precision NOT NULL,
+            event_count bigint NOT NULL DEFAULT 0,
+            merged_into text COLLATE "C"
+        );
+        -- a merge redirects the profiles that pointed at the merged one
+        CREATE INDEX profiles_merged_into ON profiles (merged_into)
+            WHERE merged_into IS NOT NULL;
+
+        CREATE TABLE identities (
+            type text COLLATE "C" NOT NULL,
+            value text COLLATE "C" NOT NULL,
+            profile_id text COLLATE "C" NOT NULL,
+            event_uid text NOT NULL,
+            linked_at double precision NOT NULL,
+            source text NOT NULL,
+            reason text NOT NULL,
+            PRIMARY KEY (type, value)
+        );
+        CREATE INDEX identities_profile ON identities (profile_id);
+
+        -- traits as jsonb so segments can be computed in SQL
+        CREATE TABLE traits (
+            profile_id text COLLATE "C" NOT NULL,
+            name text COLLATE "C" NOT NULL,
+            value jsonb NOT NULL,
+            source text NOT NULL,
+            time double precision NOT NULL,
+            priority integer NOT NULL,
+            event_uid text NOT NULL,
+            PRIMARY KEY (profile_id, name)
+        );
+
+        -- the event is kept as the exact JSON bytes it was given (an opaque
+        -- document: no parsing on write, no key reordering on read); the
+        -- primary key doubles as the index for keyset paging, newest first
+        CREATE TABLE timeline (
+            profile_id text COLLATE "C" NOT NULL,
+            time double precision NOT NULL,
+            event_uid text COLLATE "C" NOT NULL,
+            type text NOT NULL,
+            source text NOT NULL,
+            received_at double precision NOT NULL,
+            event bytea NOT NULL,
+            PRIMARY KEY (profile_id, time, event_uid)
+        );
+
+        CREATE TABLE merges (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            into_id text COLLATE "C" NOT NULL,
+            merged_id text COLLATE "C" NOT NULL,
+            event_uid text NOT NULL,
+            at double precision NOT NULL,
+            reason text NOT NULL
+        );
+        CREATE INDEX merges_into ON merges (into_id);
+
+        CREATE TABLE applied (
+            event_uid text COLLATE "C" PRIMARY KEY,
+            at double precision NOT NULL
+        );
+
+        CREATE TABLE outbox (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            topic text NOT NULL,
+            message_id text NOT NULL,
+            key text NOT NULL,
+            payload bytea NOT NULL
+        );
+        """,
+    ),
+)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What the store takes from the URL's query string or keyword options (not libpq's)."""
+
+    schema: str = DEFAULT_SCHEMA
+    pool_min_size: int = 1
+    pool_max_size: int = 10
+    pool_timeout: float = 10.0
+    """Seconds ``transaction()`` and reads wait for a connection before StoreUnavailable."""
+    auto_migrate: bool = True
+    """Migrate on first use, like the SQLite store (``tessera migrate`` does it explicitly)."""
+
+
+_SETTING_TYPES: dict[str, type] = {
+    "schema": str,
+    "pool_min_size": int,
+    "pool_max_size": int,
+    "pool_timeout": float,
+    "auto_migrate": bool,
+}
+
+# Sensible libpq defaults, used unless the URL says otherwise: fail fast when
+# the server is unreachable, and notice a dead peer even without traffic.
+_LIBPQ_DEFAULTS = {
+    "connect_timeout": "5",
+    "application_name": "tessera",
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = _SETTING_TYPES[name]
+    if kind is bool and isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return kind(value)
+
+
+def parse_url(url: str, options: dict[str, Any]) -> tuple[str, Settings]:
+    """Split ``url`` into a libpq URL and the store's own settings.
+
+    Tessera's options (``schema``, ``pool_*``, ``auto_migrate``) may come in the
+    query string or as keyword options (these win); libpq would refuse them,
+    so they are taken out. The schema goes into libpq's ``options`` as the
+    session's ``search_path``, so every pooled connection, including one the
+    pool opens after a server restart, starts in the right schema without an
+    extra statement.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"not a PostgreSQL URL: {url!r}")
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = set(options) - set(_SETTING_TYPES)
+    if unknown:
+        raise TypeError(f"unknown PostgresStore options: {sorted(unknown)}")
+    values: dict[str, Any] = {}
+    for name in _SETTING_TYPES:
+        if name in query:
+            values[name] = _coerce(name, query.pop(name))
+        if name in options:
+            values[name] = _coerce(name, options[name])
+    settings = Settings(**values)
+    if not _SCHEMA_NAME.match(settings.schema):
+        raise ValueError(
+            f"schema name {settings.schema!r}: use lower-case letters, digits and _ "
+            "(at most 63, not starting with a digit)"
+        )
+    for key, default in _LIBPQ_DEFAULTS.items():
+        query.setdefault(key, default)
+    # A session left idle inside a transaction (a stuck client) would hold its
+    # identifier and profile locks and stall every other worker: end it.
+    extra = query.get("options", "")
+    query["options"] = (
+        f"-c idle_in_transaction_session_timeout=60s {extra} -c search_path={settings.schema}"
+    )
+    libpq_url = urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+    return libpq_url, settings
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _key(namespace: bytes, *parts: str) -> int:
+    """A stable signed 64-bit advisory-lock key (the same in every process and release).
+
+    Python's ``hash()`` is salted per process, so it cannot be used. The
+    schema is part of the key: stores in different schemas of one database
+    (tests, tenants) do not contend.
+    """
+    data = namespace + b"\x00" + "\x00".join(parts).encode()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
+
+
+_CONFLICT_TABLES = frozenset({"identities", "applied"})
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    """Whether a retry of the whole unit of work may succeed (another writer won a race)."""
+    state = getattr(exc, "sqlstate", None) or ""
+    if state.startswith("40") or state == "55P03":
+        # class 40 (deadlock_detected, serialization_failure, ...) and
+        # lock_not_available (lock_timeout); psycopg's classes for these do not
+        # share a base class, so the SQLSTATE decides
+        return True
+    if isinstance(exc, errors.UniqueViolation):
+        # another worker linked the same identifier, or applied the same event
+        return exc.diag.table_name in _CONFLICT_TABLES
+    return False
+
+
+_UNAVAILABLE = (
+    errors.AdminShutdown,
+    errors.CrashShutdown,
+    errors.CannotConnectNow,
+    errors.ConnectionException,
+)
+
+
+def _is_unavailable(exc: BaseException, conn: psycopg.Connection[Any] | None) -> bool:
+    if isinstance(exc, _UNAVAILABLE):
+        return True
+    return isinstance(exc, psycopg.OperationalError) and (
+        conn is None or conn.closed or conn.broken
+    )
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    """Per pooled connection: READ COMMITTED whatever the server's default, orjson for jsonb.
+
+    Looking identifiers up again after locking only works if each statement
+    sees the latest commits; the default json module is much slower than orjson.
+    """
+    conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+    set_json_dumps(orjson.dumps, conn)
+    set_json_loads(orjson.loads, conn)
+
+
+# --------------------------------------------------------------------------- transaction
+
+
+class PostgresTx(StoreTx):
+    """One transaction on one pooled connection, in pipeline mode.
+
+    Reads are sent at once and wait for their answer; writes are kept here and
+    sent by :meth:`flush`, which the store calls before commit. Every cache in
+    here is only trusted for rows this transaction holds locks on (or created).
+    """
+
+    single_writer = False
+
+    def __init__(self, conn: psycopg.Connection[Any], namespace: bytes) -> None:
+        self.conn = conn
+        self._ns = namespace
+        self._w = conn.cursor()
+        """Cursor for statements whose results nobody reads (queued in the pipeline)."""
+        self._r = conn.cursor(binary=True)
+        self._locked_keys: set[int] = set()
+        self._locked_profiles: set[str] = set()
+        self._known: dict[Identifier, str | None] = {}
+        """Identifier -> profile (None: absent), read while this tx held the locks that pin it."""
+        self._traits: dict[str, dict[str, Trait]] = {}
+        """Traits of profiles this tx has locked: nobody else can change them until commit."""
+        # Pending writes, in the order flush() sends them.
+        self._new_profiles: dict[str, list[Any]] = {}
+        self._links: list[tuple[str, str, str, str, float, str, str]] = []
+        self._counts: dict[str, list[Any]] = {}
+        self._trait_deletes: set[str] = set()
+        self._trait_puts: dict[tuple[str, str], Trait] = {}
+        self._timeline: list[tuple[str, float, str, str, str, float, bytes]] = []
+        self._applied: dict[str, float] = {}
+        self._outbox: list[tuple[str, str, str, bytes]] = []
+
+    # -- reads
+
+    def _fetch(self, query: Any, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        self._r.execute(query, params)
+        return self._r.fetchall()
+
+    def applied(self, event_uids: Sequence[str]) -> set[str]:
+        uids = list(dict.fromkeys(event_uids))
+        found = {uid for uid in uids if uid in self._applied}
+        rest = [uid for uid in uids if uid not in found]
+        if rest:
+            rows = self._fetch(
+                "SELECT event_uid FROM applied WHERE event_uid = ANY(%b::text[])", [rest]
+            )
+            found.update(r[0] for r in rows)
+        return found
+
+    def lookup(self, identifiers: Sequence[Identifier]) -> dict[Identifier, str]:
+        out: dict[Identifier, str] = {}
+        ask: list[Identifier] = []
+        for ident in dict.fromkeys(identifiers):
+            if ident in self._known:
+                pid = self._known[ident]
+                if pid is not None:
+                    out[ident] = pid
+            else:
+                ask.append(ident)
+        if not ask:
+            return out
+        rows = self._fetch(
+            "SELECT i.type, i.value, i.profile_id "
+            "FROM unnest(%b::text[], %b::text[]) AS q(type, value) "
+            "JOIN identities i ON i.type = q.type AND i.value = q.value",
+            [[t for t, _ in ask], [v for _, v in ask]],
+        )
+        found = {(t, v): p for t, v, p in rows}
+        out.update(found)
+        for ident in ask:
+            pid = found.get(ident)
+            # Trust the answer for the rest of the transaction only if nobody
+            # else can change it: the identifier is locked (so nobody links it)
+            # and its profile is locked (so nobody merges it away). The lookup
+            # was sent after those locks, so it saw every earlier commit.
+            if self._key_of(ident) in self._locked_keys and (
+                pid is None or pid in self._locked_profiles
+            ):
+                self._known[ident] = pid
+        return out
+
+    def identifiers_of(self, profile_ids: Iterable[str]) -> dict[str, list[Identifier]]:
+        ids = list(dict.fromkeys(profile_ids))
+        out: dict[str, list[Identifier]] = {pid: [] for pid in ids}
+        if not ids:
+            return out
+        self._flush_links()
+        for pid, type_, value in self._fetch(
+            "SELECT profile_id, type, value FROM identities WHERE profile_id = ANY(%b::text[])",
+            [ids],
+        ):
+            out[pid].append((type_, value))
+        return out
+
+    def traits(self, profile_ids: Iterable[str]) -> dict[str, dict[str, Trait]]:
+        ids = list(dict.fromkeys(profile_ids))
+        out: dict[str, dict[str, Trait]] = {}
+        ask: list[str] = []
+        for pid in ids:
+            cached = self._traits.get(pid)
+            if cached is not None:
+                out[pid] = dict(cached)
+            else:
+                ask.append(pid)
+        if ask:
+            self._flush_traits()
+            fetched: dict[str, dict[str, Trait]] = {pid: {} for pid in ask}
+            for pid, name, value, source, t, prio, uid in self._fetch(
+                "SELECT profile_id, name, value, source, time, priority, event_uid "
+                "FROM traits WHERE profile_id = ANY(%b::text[])",
+                [ask],
+            ):
+                fetched[pid][name] = Trait(value, source, t, prio, uid)
+            for pid, got in fetched.items():
+                if pid in self._locked_profiles:
+                    self._traits[pid] = got
+                out[pid] = dict(got)
+        return {pid: out[pid] for pid in ids}
+
+    # -- locks
+
+    def _key_of(self, ident: Identifier) -> int:
+        return _key(self._ns, ident[0], ident[1])
+
+    def lock_identifiers(self, identifiers: Sequence[Identifier]) -> None:
+        """Advisory locks, sorted by key, held until the transaction ends.
+
+        Sorted so that two transactions locking overlapping sets cannot
+        deadlock; keys already held by this transaction are not asked again.
+        ``unnest`` yields the array in order, so the locks are taken in order.
+        """
+        keys = sorted({self._key_of(i) for i in identifiers} - self._locked_keys)
+        if not keys:
+            return
+        self._w.execute("SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) AS k", [keys])
+        self._locked_keys.update(keys)
+
+    def lock_profiles(self, profile_ids: Sequence[str]) -> None:
+        ids = sorted(set(profile_ids) - self._locked_profiles)
+        if not ids:
+            return
+        self._w.execute(
+            "SELECT 1 FROM profiles WHERE id = ANY(%b::text[]) ORDER BY id FOR UPDATE", [ids]
+        )
+        self._locked_profiles.update(ids)
+
+    # -- writes (kept until flush)
+
+    def mark_applied(self, event_uids: Sequence[str], at: float) -> None:
+        for uid in event_uids:
+            if uid in self._applied:
+                raise ValueError(f"event {uid} marked applied twice in one transaction")
+            self._applied[uid] = at
+
+    def create_profile(self, profile_id: str, at: float) -> None:
+        if profile_id in self._new_profiles:
+            raise ValueError(f"profile {profile_id} created twice in one transaction")
+        self._new_profiles[profile_id] = [at, at, 0]
+        # Invisible to everyone else until commit, so as good as locked.
+        self._locked_profiles.add(profile_id)
+        self._traits[profile_id] = {}
+
+    def link(
+        self,
+        profile_id: str,
+        identifiers: Sequence[Identifier],
+        event_uid: str,
+        at: float,
+        source: str,
+        reason: str = "deterministic",
+    ) -> None:
+        for type_, value in identifiers:
+            self._links.append((type_, value, profile_id, event_uid, at, source, reason))
+            # Ours until commit: another insert of it fails on the primary key.
+            self._known[(type_, value)] = profile_id
+
+    def merge(
+        self, into: str, merged: Sequence[str], event_uid: str, at: float, reason: str
+    ) -> None:
+        """Move everything of ``merged`` to ``into`` by profile id, under the caller's locks.
+
+        Pending writes go first, so the statements below see this batch's own
+        links, timeline and counts.
+        """
+        gone = [pid for pid in dict.fromkeys(merged) if pid != into]
+        if not gone:
+            return
+        self.flush()
+        w = self._w
+        w.execute(
+            "UPDATE identities SET profile_id = %s WHERE profile_id = ANY(%b::text[])",
+            [into, gone],
+        )
+        w.execute(
+            "UPDATE timeline SET profile_id = %s WHERE profile_id = ANY(%b::text[])",
+            [into, gone],
+        )
+        w.execute(
+            "UPDATE profiles SET merged_into = %s WHERE merged_into = ANY(%b::text[])",
+            [into, gone],
+        )
+        w.execute(
+            "UPDATE profiles SET event_count = profiles.event_count + m.n, "
+            "created_at = least(profiles.created_at, m.created), updated_at = %s "
+            "FROM (SELECT coalesce(sum(event_count), 0) AS n, min(created_at) AS created "
+            "      FROM profiles WHERE id = ANY(%b::text[])) AS m "
+            "WHERE profiles.id = %s AND m.created IS NOT NULL",
+            [at, gone, into],
+        )
+        w.execute(
+            "UPDATE profiles SET merged_into = %s, event_count = 0, updated_at = %s "
+            "WHERE id = ANY(%b::text[])",
+            [into, at, gone],
+        )
+        w.execute("UPDATE merges SET into_id = %s WHERE into_id = ANY(%b::text[])", [into, gone])
+        w.execute(
+            "INSERT INTO merges (into_id, merged_id, event_uid, at, reason) "
+            "SELECT %s, m, %s, %s, %s FROM unnest(%b::text[]) WITH ORDINALITY AS u(m, n) "
+            "ORDER BY n",
+            [into, event_uid, at, reason, gone],
+        )
+        moved = set(gone)
+        for ident, pid in self._known.items():
+            if pid in moved:
+                self._known[ident] = into
+
+    def put_traits(self, profile_id: str, traits: dict[str, Trait]) -> None:
+        cached = self._traits.get(profile_id)
+        for name, trait in traits.items():
+            self._trait_puts[(profile_id, name)] = trait
+            if cached is not None:
+                cached[name] = trait
+
+    def delete_traits(self, profile_ids: Sequence[str]) -> None:
+        doomed = set(profile_ids)
+        if not doomed:
+            return
+        self._trait_puts = {k: t for k, t in self._trait_puts.items() if k[0] not in doomed}
+        self._trait_deletes |= doomed
+        for pid in doomed:
+            if pid in self._traits:
+                self._traits[pid] = {}
+
+    def append_timeline(self, profile_id: str, entries: Sequence[TimelineEntry], at: float) -> None:
+        for e in entries:
+            self._timeline.append(
+                (
+                    profile_id,
+                    e.time,
+                    e.event_uid,
+                    e.type,
+                    e.source,
+                    e.received_at,
+                    orjson.dumps(e.event),
+                )
+            )
+        created = self._new_profiles.get(profile_id)
+        if created is not None:
+            created[1] = at
+            created[2] += len(entries)
+            return
+        pending = self._counts.setdefault(profile_id, [0, at])
+        pending[0] += len(entries)
+        pending[1] = at
+
+    def add_outbox(self, messages: Sequence[tuple[str, str, str, bytes]]) -> None:
+        self._outbox.extend(messages)
+
+    # -- sending the pending writes
+
+    def _flush_links(self) -> None:
+        if self._new_profiles:
+            ids = list(self._new_profiles)
+            rows = list(self._new_profiles.values())
+            self._w.execute(
+                "INSERT INTO profiles (id, created_at, updated_at, event_count) "
+                "SELECT * FROM unnest(%b::text[], %b::float8[], %b::float8[], %b::bigint[])",
+                [ids, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]],
+            )
+            self._new_profiles = {}
+        if self._links:
+            cols = list(zip(*self._links, strict=True))
+            self._w.execute(
+                "INSERT INTO identities (type, value, profile_id, event_uid, linked_at, source, "
+                "reason) SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], "
+                "%b::float8[], %b::text[], %b::text[])",
+                [list(c) for c in cols],
+            )
+            self._links = []
+
+    def _flush_traits(self) -> None:
+        if self._trait_deletes:
+            self._w.execute(
+                "DELETE FROM traits WHERE profile_id = ANY(%b::text[])",
+                [sorted(self._trait_deletes)],
+            )
+            self._trait_deletes = set()
+        if self._trait_puts:
+            keys = list(self._trait_puts)
+            vals = list(self._trait_puts.values())
+            self._w.execute(
+                "INSERT INTO traits (profile_id, name, value, source, time, priority, event_uid) "
+                "SELECT * FROM unnest(%b::text[], %b::text[], %b::jsonb[], %b::text[], "
+                "%b::float8[], %b::int[], %b::text[]) "
+                "ON CONFLICT (profile_id, name) DO UPDATE SET value = excluded.value, "
+                "source = excluded.source, time = excluded.time, "
+                "priority = excluded.priority, event_uid = excluded.event_uid",
+                [
+                    [k[0] for k in keys],
+                    [k[1] for k in keys],
+                    [Jsonb(t.value) for t in vals],
+                    [t.source for t in vals],
+                    [t.time for t in vals],
+                    [t.priority for t in vals],
+                    [t.event_uid for t in vals],
+                ],
+            )
+            self._trait_puts = {}
+
+    def flush(self) -> None:
+        """Queue every pending write in the pipeline (in dependency order)."""
+        self._flush_links()
+        w = self._w
+        if self._counts:
+            ids = sorted(self._counts)
+            w.execute(
+                "UPDATE profiles SET event_count = profiles.event_count + d.n, "
+                "updated_at = d.at "
+                "FROM unnest(%b::text[], %b::bigint[], %b::float8[]) AS d(id, n, at) "
+                "WHERE profiles.id = d.id",
+                [ids, [self._counts[i][0] for i in ids], [self._counts[i][1] for i in ids]],
+            )
+            self._counts = {}
+        self._flush_traits()
+        if self._timeline:
+            cols = list(zip(*self._timeline, strict=True))
+            w.execute(
+                "INSERT INTO timeline (profile_id, time, event_uid, type, source, received_at, "
+                "event) SELECT * FROM unnest(%b::text[], %b::float8[], %b::text[], %b::text[], "
+                "%b::text[], %b::float8[], %b::bytea[]) ON CONFLICT DO NOTHING",
+                [list(c) for c in cols],
+            )
+            self._timeline = []
+        if self._applied:
+            w.execute(
+                "INSERT INTO applied (event_uid, at) "
+                "SELECT * FROM unnest(%b::text[], %b::float8[])",
+                [list(self._applied), list(self._applied.values())],
+            )
+            self._applied = {}
+        if self._outbox:
+            cols = list(zip(*self._outbox, strict=True))
+            w.execute(
+                "INSERT INTO outbox (topic, message_id, key, payload) "
+                "SELECT t, m, k, p FROM unnest(%b::text[], %b::text[], %b::text[], %b::bytea[]) "
+                "WITH ORDINALITY AS u(t, m, k, p, n) ORDER BY n",
+                [list(c) for c in cols],
+            )
+            self._outbox = []
+
+
+# --------------------------------------------------------------------------- store
+
+
+class PostgresStore(Store):
+    """Profiles in PostgreSQL for several concurrent processors (see the module docstring).
+
+    ``url`` is a libpq URL; Tessera's own options (``schema``, ``pool_min_size``,
+    ``pool_max_size``, ``pool_timeout``, ``auto_migrate``) may be in its query
+    string or given as keyword ``options``.
+    """
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self.conninfo, self.settings = parse_url(url, options)
+        self.schema = self.settings.schema
+        self._ns = self.schema.encode()
+        self._lock = threading.Lock()
+        self._migrated = not self.settings.auto_migrate
+        self._closed = False
+        self._pool = ConnectionPool(
+            self.conninfo,
+            kwargs={"autocommit": True},
+            min_size=self.settings.pool_min_size,
+            max_size=max(self.settings.pool_max_size, self.settings.pool_min_size),
+            timeout=self.settings.pool_timeout,
+            configure=_configure,
+            # Give up a failing reconnection early: a connection is then asked
+            # for afresh on the next request, so once the server is back the
+            # pool recovers within seconds rather than after a long backoff.
+            reconnect_timeout=RECONNECT_TIMEOUT,
+            name=f"tessera-{self.schema}",
+            open=False,
+        )
+        self._opened = False
+
+    # -- lifecycle
+
+    def _describe(self) -> str:
+        info = urlsplit(self.conninfo)
+        return f"PostgreSQL at {info.hostname or 'localhost'}:{info.port or 5432}{info.path}"
+
+    def _ensure_ready(self) -> None:
+        if self._opened and self._migrated:
+            return
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the store is closed")
+            if not self._opened:
+                # wait=False: a server that is down now must not block the
+                # constructor; callers wait (bounded) when they need a connection.
+                self._pool.open(wait=False)
+                self._opened = True
+            if not self._migrated:
+                self._migrate(MIGRATIONS)
+
+    def migrate(self) -> None:
+        """Create the schema or bring it up to date (idempotent; safe from many processes)."""
+        with self._lock:
+            self._migrate(MIGRATIONS)
+
+    def applied_migrations(self) -> list[int]:
+        """The versions recorded in ``schema_migrations``, ascending."""
+        with self._connection() as conn:
+            return [
+                r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY version")
+            ]
+
+    def _migrate(self, migrations: Sequence[Migration]) -> list[int]:
+        """Apply the missing steps, each in its own transaction; return their versions.
+
+        A session advisory lock serializes concurrent migrators (several
+        workers starting at once): the second one waits, then finds every
+        step recorded and does nothing. A dedicated connection is used so the
+        session lock never leaks into the pool.
+        """
+        done: list[int] = []
+        try:
+            conn = psycopg.connect(self.conninfo, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"cannot connect to {self._describe()}: {exc}") from exc
+        with conn:
+            key = _key(self._ns, "tessera.migrate")
+            conn.execute("SELECT pg_advisory_lock(%s)", [key])
+            try:
+                exists = conn.execute(
+                    "SELECT 1 FROM pg_namespace WHERE nspname = %s", [self.schema]
+                ).fetchone()
+                if not exists:
+                    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version integer PRIMARY KEY,"
+                    " name text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                have = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+                for step in sorted(migrations, key=lambda m: m.version):
+                    if step.version in have:
+                        continue
+                    with conn.transaction():
+                        conn.execute(step.sql.encode())
+                        conn.execute(
+                            "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                            [step.version, step.name],
+                        )
+                    log.info(
+                        "applied migration %s (%s) in schema %s",
+                        step.version,
+                        step.name,
+                        self.schema,
+                    )
+                    done.append(step.version)
+                newer = sorted(v for v in have if v not in {m.version for m in migrations})
+                if newer:
+                    log.warning(
+                        "schema %s has migrations this release does not know: %s",
+                        self.schema,
+                        newer,
+                    )
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", [key])
+        self._migrated = True
+        return done
+
+    def close(self) -> None:
+        with self._lock:
+            if self._opened and not self._closed:
+                self._pool.close()
+            self._closed = True
+            self._opened = False
+
+    # -- connections
+
+    def _checkout(self) -> psycopg.Connection[Any]:
+        """A pooled connection that answered an empty query just now.
+
+        After a server restart the pool still holds connections to the old
+        server. Each fails its ping at once and goes back to the pool, which
+        drops it and opens a replacement; the next one is tried right away.
+        (psycopg_pool's own ``check`` would sleep a growing backoff after each
+        failure, which with a full pool of dead connections can exceed the
+        timeout although the server is up again.)
+        """
+        deadline = time.monotonic() + self.settings.pool_timeout
+        while True:
+            try:
+                conn = self._pool.getconn(timeout=max(deadline - time.monotonic(), 0.001))
+            except PoolTimeout as exc:
+                raise StoreUnavailable(
+                    f"{self._describe()}: no working connection within "
+                    f"{self.settings.pool_timeout:g}s; is the server up? ({exc})"
+                ) from exc
+            try:
+                conn.execute("")
+            except psycopg.Error:
+                self._pool.putconn(conn)
+                continue
+            return conn
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection, with the failure modes turned into the store's exceptions."""
+        self._ensure_ready()
+        conn = self._checkout()
+        try:
+            yield conn
+        except psycopg.Error as exc:
+            if _is_unavailable(exc, conn):
+                raise StoreUnavailable(f"{self._describe()}: connection lost: {exc}") from exc
+            raise
+        finally:
+            # a broken connection is discarded and replaced by the pool
+            self._pool.putconn(conn)
+
+    @contextmanager
+    def transaction(self) -> Iterator[StoreTx]:
+        """One pooled connection, one pipeline, one READ COMMITTED transaction.
+
+        Pending writes are flushed before the commit; an error on any of them
+        surfaces here, translated to :class:`Conflict` when a retry can succeed.
+        """
+        with self._connection() as conn:
+            try:
+                # The transaction outside the pipeline: the pipeline's exit sends
+                # and checks everything, so a failed statement surfaces there as
+                # an ordinary exception and the rollback runs outside pipeline mode.
+                with conn.transaction(), conn.pipeline() as pipeline:
+                    try:
+                        tx = PostgresTx(conn, self._ns)
+                        yield tx
+                        tx.flush()
+                    except BaseException:
+                        # Drain what is still in flight before the exception
+                        # leaves the pipeline, or psycopg logs the aborted rest.
+                        with suppress(psycopg.Error):
+                            pipeline.sync()
+                        raise
+            except psycopg.Error as exc:
+                if _is_conflict(exc):
+                    raise Conflict(f"concurrent transaction won: {exc}") from exc
+                raise
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[psycopg.Connection[Any]]:
+        """A read-only transaction on one snapshot, so a multi-query read is consistent."""
+        with self._connection() as conn, conn.pipeline(), conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield conn
+
+    # -- reads
+
+    def resolve(self, identifier: str) -> str | None:
+        type_, sep, value = identifier.partition(":")
+        with self._connection() as conn:
+            if sep:
+                row = conn.execute(
+                    "SELECT profile_id FROM identities WHERE type = %s AND value = %s",
+                    [type_, value],
+                ).fetchone()
+                return None if row is None else str(row[0])
+            # merge() redirects earlier merges, so one hop reaches the survivor
+            row = conn.execute(
+                "SELECT coalesce(merged_into, id) FROM profiles WHERE id = %s", [identifier]
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+    def get_profile(self, profile_id: str) -> Profile | None:
+        with self._snapshot() as conn:
+            c_profile = conn.cursor(binary=True).execute(
+                "SELECT id, created_at, updated_at, event_count FROM profiles "
+                "WHERE id = %s AND merged_into IS NULL",
+                [profile_id],
+            )
+            c_traits = conn.cursor(binary=True).execute(
+                "SELECT name, value, source, time, priority, event_uid FROM traits "
+                "WHERE profile_id = %s ORDER BY name",
+                [profile_id],
+            )
+            c_links = conn.cursor(binary=True).execute(
+                "SELECT type, value, profile_id, event_uid, linked_at, source, reason "
+                "FROM identities WHERE profile_id = %s ORDER BY linked_at, type, value",
+                [profile_id],
+            )
+            c_merges = conn.cursor(binary=True).execute(
+                "SELECT into_id, merged_id, event_uid, at, reason FROM merges "
+                "WHERE into_id = %s ORDER BY at, id",
+                [profile_id],
+            )
+            row = c_profile.fetchone()
+            traits = c_traits.fetchall()
+            links = c_links.fetchall()
+            merges = c_merges.fetchall()
+        if row is None:
+            return None
+        profile = Profile(id=row[0], created_at=row[1], updated_at=row[2], event_count=row[3])
+        for name, value, source, t, prio, uid in traits:
+            profile.traits[name] = Trait(value, source, t, prio, uid)
+        profile.identities = [IdentityLink(*r) for r in links]
+        profile.merged_from = [MergeRecord(*r) for r in merges]
+        return profile
+
+    def timeline(
+        self, profile_id: str, limit: int, before: tuple[float, str] | None = None
+    ) -> list[TimelineEntry]:
+        query = (
+            "SELECT event_uid, type, source, time, received_at, event FROM timeline "
+            "WHERE profile_id = %s"
+        )
+        params: list[Any] = [profile_id]
+        if before is not None:
+            # a row comparison, so the primary key index serves the page directly
+            query += " AND (time, event_uid) < (%s, %s)"
+            params += [before[0], before[1]]
+        query += " ORDER BY time DESC, event_uid DESC LIMIT %s"
+        params.append(limit)
+        with self._connection() as conn:
+            rows = conn.cursor(binary=True).execute(query, params).fetchall()
+        return [
+            TimelineEntry(uid, type_, src, t, rcv, orjson.loads(ev))
+            for uid, type_, src, t, rcv, ev in rows
+        ]
+
+    def pending_outbox(self, limit: int) -> list[OutboxMessage]:
+        with self._connection() as conn:
+            rows = (
+                conn.cursor(binary=True)
+                .execute(
+                    "SELECT id, topic, message_id, key, payload FROM outbox ORDER BY id LIMIT %s",
+                    [limit],
+                )
+                .fetchall()
+            )
+        return [OutboxMessage(i, t, m, k, bytes(p)) for i, t, m, k, p in rows]
+
+    def delete_outbox(self, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        with self._connection() as conn:
+            conn.execute("DELETE FROM outbox WHERE id = ANY(%b::bigint[])", [list(ids)])
+
+    def counts(self) -> dict[str, int]:
+        with self._connection() as conn:  # one statement: one snapshot
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM profiles WHERE merged_into IS NULL),"
+                " (SELECT count(*) FROM identities),"
+                " (SELECT count(*) FROM applied),"
+                " (SELECT count(*) FROM merges)"
+            ).fetchone()
+        assert row is not None
+        return dict(
+            zip(("profiles", "identities", "events_applied", "merges"), map(int, row), strict=True)
+        )
+
+    def reset(self) -> None:
+        """Empty every projection at once (for a rebuild from the event log).
+
+        TRUNCATE rather than DELETE: constant time, and its exclusive locks
+        make a worker still running wait for the rebuild rather than write
+        into a half-emptied store.
+        """
+        with self._connection() as conn, conn.transaction():
+            conn.execute("TRUNCATE profiles, identities, traits, timeline, merges, applied, outbox")
+
+    def iter_profile_ids(self) -> Iterator[str]:
+        """Live profile ids in order, a page at a time (no connection held between pages)."""
+        after = ""
+        while True:
+            with self._connection() as conn:
+                page = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT id FROM profiles WHERE merged_into IS NULL AND id > %s "
+                        "ORDER BY id LIMIT 1000",
+                        [after],
+                    )
+                ]
+            yield from page
+            if len(page) < 1000:
+                return
+            after = page[-1]
+
+
+def migrate(url: str, **options: Any) -> list[int]:
+    """Bring the schema at ``url`` up to date; the versions applied now (empty: nothing to do).
+
+    For ``tessera migrate``: safe to run while workers are running or starting.
+    """
+    store = PostgresStore(url, auto_migrate=False, **options)
+    try:
+        with store._lock:
+            return store._migrate(MIGRATIONS)
+    finally:
+        store.close()
