@@ -156,6 +156,9 @@ def test_profiles_match_the_ground_truth(small_run: tuple[DemoResult, str, Path]
     assert result.missing_identifiers == []
     assert result.unknown_identities == []
     assert result.orphan_profiles == 0
+    # and every event sits in its own person's profile
+    assert result.events_in_profiles == result.events_expected_in_profiles > 0
+    assert result.misattributed_events == []
 
 
 @pytest.mark.slow

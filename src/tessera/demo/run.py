@@ -138,6 +138,10 @@ class DemoResult:
     families_merged: list[tuple[str, str]] = field(default_factory=list)
     placeholders: list[str] = field(default_factory=list)
     placeholders_linked: list[str] = field(default_factory=list)
+    events_in_profiles: int = 0
+    events_expected_in_profiles: int = 0
+    misattributed_events: list[str] = field(default_factory=list)
+    """Events on the timeline of a profile that is not their person's."""
     addresses_checked: int = 0
     addresses_wrong: list[str] = field(default_factory=list)
     late_address_members: int = 0
@@ -435,6 +439,8 @@ async def _exercise(
         or result.unknown_identities
         or result.orphan_profiles
         or result.addresses_wrong
+        or result.misattributed_events
+        or result.events_in_profiles != result.events_expected_in_profiles
     ):
         result.exit_code = EXIT_CHECK_FAILED
 
@@ -599,12 +605,17 @@ async def _gather_limited(jobs: Iterable[Any], limit: int) -> list[Any]:
     return await asyncio.gather(*(one(j) for j in jobs))
 
 
-def _read_profiles(data: Path) -> list[Profile]:
-    """Every live profile, read through the store contract (the server keeps running)."""
+def _read_profiles(data: Path) -> tuple[list[Profile], dict[str, list[str]]]:
+    """Every live profile and the ids of the events on its timeline, read through the
+    store contract (the server keeps running)."""
     store = open_store(None, data)
     try:
-        ids = list(store.iter_profile_ids())
-        return [p for p in (store.get_profile(pid) for pid in ids) if p is not None]
+        profiles = [p for p in map(store.get_profile, list(store.iter_profile_ids())) if p]
+        timelines = {
+            p.id: [str(e.event.get("id")) for e in store.timeline(p.id, p.event_count + 1)]
+            for p in profiles
+        }
+        return profiles, timelines
     finally:
         store.close()
 
@@ -623,7 +634,8 @@ async def _audit(
     placeholders are looked up through the profile API, as a client would.
     """
     server.check()
-    profiles = {p.id: p for p in await asyncio.to_thread(_read_profiles, server.data)}
+    read, timelines = await asyncio.to_thread(_read_profiles, server.data)
+    profiles = {p.id: p for p in read}
     where: dict[Ident, str] = {}
     for profile in profiles.values():
         for link in profile.identities:
@@ -701,6 +713,18 @@ async def _audit(
             trait = profiles[pid].traits.get("first_name")
             if trait is not None and trait.value != first_name:
                 result.misspelled_first_names += 1
+
+    # every event with a usable identifier is on the timeline of its person's profile
+    sent = {m.event_id: m for m in scenario.messages if not m.duplicate}
+    result.events_expected_in_profiles = sum(
+        1 for m in sent.values() if any(i not in scenario.shared for i in m.idents)
+    )
+    for pid, event_ids in timelines.items():
+        for event_id in event_ids:
+            result.events_in_profiles += 1
+            message = sent.get(event_id)
+            if message is None or message.person not in people_in[pid]:
+                result.misattributed_events.append(f"{event_id} -> {pid}")
 
 
 async def _showcase(
@@ -889,6 +913,16 @@ def _report(console: Console, scenario: Scenario, result: DemoResult) -> None:
         f"{_plural(len(result.wrong_merges), 'profile holds', 'profiles hold')} records of two "
         f"people (checked all {_n(result.profiles_checked)} profiles)",
     )
+    events_ok = (
+        not result.misattributed_events
+        and result.events_in_profiles == result.events_expected_in_profiles
+    )
+    quality.add_row(
+        "timelines",
+        f"{ok if events_ok else bad} {_n(result.events_in_profiles)} events on profile "
+        f"timelines (of {_n(result.events_expected_in_profiles)} with a usable identifier), "
+        f"{len(result.misattributed_events)} in the wrong person's profile",
+    )
     quality.add_row(
         "unexpected splits",
         f"{ok if not result.unexpected_splits else bad} "
@@ -942,6 +976,7 @@ def _report(console: Console, scenario: Scenario, result: DemoResult) -> None:
         ("in a profile but never sent", result.unknown_identities),
         ("placeholder linked", result.placeholders_linked),
         ("newest address lost", result.addresses_wrong),
+        ("event in someone else's profile", result.misattributed_events),
     ):
         if examples:
             sample = ", ".join(examples[:5]) + (", ..." if len(examples) > 5 else "")
