@@ -81,7 +81,8 @@ async def running(config: TesseraConfig, data: Path, **kwargs: Any) -> AsyncIter
     tasks = [asyncio.create_task(worker.run(idle_timeout=0.05)),
              asyncio.create_task(activation.run())]
     try:
-        await wait_for(lambda: len(activation.running) >= len(config.subscriptions),
+        await wait_for(lambda: len(activation.running) + len(activation.errors)
+                       >= len(config.subscriptions),
                        what="subscriptions to start")
         yield Harness(runtime, activation)
     finally:

@@ -92,8 +92,12 @@ async def test_dead_letter_after_the_budget_with_the_last_error_then_replay(
             assert "HTTP 500" in letters[0].error and "after 3 attempt(s)" in letters[0].error
             # a later event of another profile is not held back by the dead one
             await h.send({"email": "b@example.com"}, "t.two")
-            await asyncio.sleep(0.3)
-            assert len(rx.all()) == 6  # three more failed attempts, then dead too
+            await wait_for(lambda: len(rx.all()) == 6, what="three more failed attempts")
+            for _ in range(300):
+                if len(await h.runtime.bus.dead_letters("sub:s")) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert len(await h.runtime.bus.dead_letters("sub:s")) == 2
             broken.clear()
             # the fix is in: replay the subscription's dead letters from the command line
             result = await asyncio.to_thread(
