@@ -29,6 +29,10 @@ dlq_app = typer.Typer(help="Dead letters: events a processor gave up on, with th
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(config_app, name="config")
 app.add_typer(dlq_app, name="dlq")
+from tessera.activation.cli import APPS as _ACTIVATION_APPS  # noqa: E402
+
+for _name, _sub_app in _ACTIVATION_APPS.items():
+    app.add_typer(_sub_app, name=_name)
 
 console = Console()
 err = Console(stderr=True)
@@ -208,13 +212,17 @@ def worker_cmd(
         start_http_server(metrics_port, addr="127.0.0.1")
 
     async def main() -> None:
+        from tessera.activation.service import ActivationService
+
         await runtime.start()
         worker = runtime.worker()
+        activation = ActivationService.from_runtime(runtime)  # subscriptions and journeys
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
+            loop.add_signal_handler(sig, activation.stop)
         try:
-            await worker.run()
+            await asyncio.gather(worker.run(), activation.run())
         finally:
             await runtime.close()
 
@@ -336,9 +344,13 @@ def dlq_replay(
     group: GroupOpt = None,
     all_: Annotated[bool, typer.Option("--all", help="Replay every pending dead letter "
                                        "(of --group if given)")] = False,
+    subscription: Annotated[str | None, typer.Option(
+        "--subscription", "-s", help="Every pending dead letter of this subscription")] = None,
     config: ConfigOpt = None, data_dir_: DataDirOpt = None,
 ) -> None:
     """Deliver dead letters again to the group that failed them (after a fix)."""
+    if subscription is not None:
+        group, all_ = f"sub:{subscription}", True
     if not letter_ids and not all_:
         err.print("give dead letter ids, or --all")
         raise typer.Exit(2)

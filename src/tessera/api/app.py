@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from tessera import __version__
+from tessera.activation import api as activation_api
 from tessera.api import ingest, profiles
 from tessera.api.errors import ApiError, json_response
 from tessera.events.errors import FieldError
@@ -48,6 +49,7 @@ def create_app(runtime: Runtime, worker_in_process: bool = False) -> FastAPI:
     app.state.runtime = runtime
     app.include_router(ingest.router)
     app.include_router(profiles.router)
+    app.include_router(activation_api.router)
     from tessera import console
     from tessera.observability import routes as observability_routes
 
