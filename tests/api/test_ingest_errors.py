@@ -70,6 +70,7 @@ async def test_missing_required_cloudevents_attribute(api: Api, missing: str) ->
         ({"id": ""}, "id", "must be a non-empty string"),
         ({"source": 7}, "source", "must be a non-empty string"),
         ({"type": "t" * 300}, "type", "must be at most 256 characters"),
+        ({"id": "a\x00b"}, "id", "must not contain NUL characters"),
         ({"time": "yesterday"}, "time", "'yesterday' is not an RFC 3339 timestamp"),
         ({"time": 1700000000}, "time", "must be an RFC 3339 timestamp string"),
         ({"subject": 5}, "subject", "must be a string"),

@@ -64,3 +64,7 @@ def test_same_source_and_id_from_two_write_keys_are_two_events() -> None:
 
     assert make("crm").uid == make("crm").uid
     assert make("crm").uid != make("web").uid
+
+
+def test_identifier_with_nul_is_dropped() -> None:
+    assert extractor().normalize("user_id", "u\x001") is None

@@ -68,3 +68,11 @@ def test_trait_change_emits_profile_updated_with_only_changes(tmp_path: Path) ->
     updates = [u for u in updates if u["type"] == "profile.updated"]
     assert len(updates) == 2
     assert updates[1]["data"]["changed"] == {"city": {"old": "Paris", "new": "Lyon"}}
+
+
+def test_nul_characters_are_removed_from_trait_values(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.apply(h.event({"email": "a@example.com", "traits": {"note": "a\x00b", "x": ["c\x00"]}}))
+    traits = h.profile_of("email:a@example.com").traits
+    assert traits["note"].value == "ab"
+    assert traits["x"].value == ["c"]

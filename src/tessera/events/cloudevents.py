@@ -52,6 +52,8 @@ def _check(raw: Any, index: int | None) -> list[FieldError]:
             errors.append(FieldError(name, "is required", index))
         elif not isinstance(value, str) or not value:
             errors.append(FieldError(name, "must be a non-empty string", index))
+        elif "\x00" in value:
+            errors.append(FieldError(name, "must not contain NUL characters", index))
         elif len(value) > MAX_ID:
             errors.append(FieldError(name, f"must be at most {MAX_ID} characters", index))
     if "time" in raw and raw["time"] is not None:

@@ -45,6 +45,8 @@ def check_message(msg: Any, index: int | None, call: str | None = None) -> list[
         event = msg.get("event")
         if not isinstance(event, str) or not event.strip():
             errors.append(FieldError("event", "is required for track and must be a string", index))
+        elif "\x00" in event:
+            errors.append(FieldError("event", "must not contain NUL characters", index))
     if kind == "group" and msg.get("groupId") in (None, ""):
         errors.append(FieldError("groupId", "is required for group", index))
     for name in ("properties", "traits", "context", "integrations"):

@@ -98,7 +98,7 @@ class IdentifierExtractor:
             value = str(int(raw)) if float(raw).is_integer() else str(raw)
         else:
             return None
-        if not value or len(value) > 512:
+        if not value or len(value) > 512 or "\x00" in value:
             return None
         if value.lower() in self._blocked or (
                 self._blocked_re is not None and self._blocked_re.match(value)):

@@ -66,6 +66,7 @@ class BatchGraph:
                 raise Conflict("identity links kept changing while locking")
         self.owners: dict[Identifier, str] = found
         self._members: dict[str, set[Identifier]] = {}
+        self._members_loaded = False
         self.traits: dict[str, dict[str, Trait]] = tx.traits(set(found.values())) if found else {}
         self.dirty: dict[str, set[str]] = {}
         self.timeline: dict[str, list[TimelineEntry]] = {}
@@ -77,7 +78,14 @@ class BatchGraph:
         return self.owners.get(identifier)
 
     def members(self, profile_ids: Iterable[str]) -> dict[str, set[Identifier]]:
+        profile_ids = list(profile_ids)
         missing = [p for p in profile_ids if p not in self._members]
+        if missing and not self._members_loaded:
+            # the first time anything is needed, read every profile the batch touches:
+            # one round trip per batch rather than one per event
+            self._members_loaded = True
+            missing = list({*missing, *(p for p in set(self.owners.values())
+                                        if p not in self._members)})
         if missing:
             for pid, idents in self.tx.identifiers_of(missing).items():
                 self._members[pid] = set(idents)

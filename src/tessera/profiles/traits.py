@@ -10,6 +10,8 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import Any
 
+import orjson
+
 from tessera.config import TesseraConfig
 from tessera.events.envelope import Event
 from tessera.identity.extract import get_path
@@ -54,4 +56,17 @@ class TraitExtractor:
                     out[trait] = value
         if len(out) > MAX_TRAITS_PER_EVENT:
             out = dict(list(out.items())[:MAX_TRAITS_PER_EVENT])
+        if out and b"\\u0000" in orjson.dumps(out):
+            out = _without_nul(out)
         return out
+
+
+def _without_nul(value: Any) -> Any:
+    """NUL characters removed from every string: no store has to cope with them."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value

@@ -59,6 +59,7 @@ from tessera.store.base import (
     Profile,
     Store,
     StoreTx,
+    StoreUnavailable,
     TimelineEntry,
     Trait,
 )
@@ -70,15 +71,6 @@ log = logging.getLogger("tessera.store.postgres")
 DEFAULT_SCHEMA = "tessera"
 RECONNECT_TIMEOUT = 5.0
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-
-
-class StoreUnavailable(Exception):
-    """PostgreSQL cannot be reached (down, restarting, or the pool timed out waiting).
-
-    Not a :class:`Conflict`: retrying the batch at once would not help. The
-    pool keeps reconnecting in the background; a later call succeeds once the
-    server is back.
-    """
 
 
 @dataclass(frozen=True, slots=True)
