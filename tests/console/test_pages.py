@@ -87,7 +87,7 @@ async def test_overview_shows_counts_lag_and_dead_letters(console: Console) -> N
     assert page.status_code == 200
     assert re.search(r'data-lag="profiles">0<', page.text)
     assert re.search(r'data-stat="dead-letters"><a href="/console/dead-letters">2<', page.text)
-    assert "Delivery failures" in page.text and "Not available yet" in page.text
+    assert "Delivery failures" in page.text and "Not in the console yet" in page.text
     assert 'data-src="/console/tail"' in page.text
     fragment = await console.client.get("/console/overview/stats")
     assert fragment.status_code == 200

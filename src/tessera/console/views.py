@@ -59,9 +59,13 @@ SECTIONS = [
     Section("profiles", "/console/profiles", "Customers"),
     Section("dead-letters", "/console/dead-letters", "Dead letters"),
     Section("subscriptions", "/console/subscriptions", "Subscriptions", False,
-            "subscriptions, webhook deliveries and their health are not part of this version."),
+            "subscriptions and their delivery health have no console page yet. Use "
+            "GET /v1/subscriptions, or tessera subscriptions list | pause | resume and "
+            "tessera deliveries list; their dead letters are under Dead letters "
+            "(groups sub:NAME)."),
     Section("journeys", "/console/journeys", "Journeys", False,
-            "journeys (and their counts per step) are not part of this version."),
+            "journeys have no console page yet. Their counts per step are at "
+            "GET /v1/journeys and tessera journeys list."),
     Section("catalog", "/console/catalog", "Catalog", False,
             "the event catalog and its violations are not part of this version."),
     Section("identity-review", "/console/identity-review", "Identity review", False,
@@ -70,7 +74,8 @@ SECTIONS = [
 ]
 PROFILE_SECTIONS_NOT_YET = [
     {"key": "segments", "title": "Segments", "why": "segments are not computed by this version."},
-    {"key": "journeys", "title": "Journeys", "why": "journeys are not part of this version."},
+    {"key": "journeys", "title": "Journeys",
+     "why": "the journeys this customer is in are not shown in the console yet."},
     {"key": "next-best-actions", "title": "Next best actions",
      "why": "next best actions are not part of this version."},
     {"key": "consent", "title": "Consent", "why": "consent is not recorded by this version."},
