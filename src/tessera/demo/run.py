@@ -1077,7 +1077,7 @@ def _event_name(event: dict[str, Any]) -> str:
 
 DETAIL_SKIP = {
     "member_number", "email", "phone", "first_name", "last_name", "previous_address", "url",
-    "user_id", "contact_id", "consent", "location", "anonymousId", "userId",
+    "consent", "location", "anonymousId", "userId", "title",
 }  # fmt: skip
 
 
@@ -1092,6 +1092,8 @@ def _detail(event: dict[str, Any]) -> str:
     else:
         fields, parts = data, []
     parts += [
-        f"{k}={_value(v)}" for k, v in fields.items() if k not in DETAIL_SKIP and v is not None
+        f"{k}={_value(v)}"
+        for k, v in fields.items()
+        if k not in DETAIL_SKIP and not k.endswith("_id") and v is not None
     ][:3]
     return " ".join(parts)
