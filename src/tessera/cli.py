@@ -218,9 +218,13 @@ def worker_cmd(
         worker = runtime.worker()
         activation = ActivationService.from_runtime(runtime)  # subscriptions and journeys
         loop = asyncio.get_running_loop()
+
+        def stop() -> None:  # one handler per signal: a second one would replace the first
+            worker.stop()
+            activation.stop()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, worker.stop)
-            loop.add_signal_handler(sig, activation.stop)
+            loop.add_signal_handler(sig, stop)
         try:
             await asyncio.gather(worker.run(), activation.run())
         finally:
