@@ -112,3 +112,33 @@ def test_restart_keeps_profiles_and_events(tmp_path: Path) -> None:
         assert len(events["events"]) == 2
     finally:
         server.stop()
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_serve_never_leaves_its_worker_behind(tmp_path: Path, sig: str) -> None:
+    import os
+    import signal
+
+    server = TesseraProcess(["serve"], tmp_path, port=free_port()).start()
+    try:
+        assert server.process is not None
+        wait_for(lambda: len(_children(server.process.pid)) == 1)  # type: ignore[union-attr]
+        (worker_pid,) = _children(server.process.pid)
+        os.kill(server.process.pid, getattr(signal, sig))  # the server alone, not its group
+        server.process.wait(15)
+        wait_for(lambda: not _alive(worker_pid), timeout=15)
+    finally:
+        server.stop()

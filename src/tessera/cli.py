@@ -33,6 +33,9 @@ from tessera.activation.cli import APPS as _ACTIVATION_APPS  # noqa: E402
 
 for _name, _sub_app in _ACTIVATION_APPS.items():
     app.add_typer(_sub_app, name=_name)
+from tessera.catalog.cli import catalog_app as _catalog_app  # noqa: E402
+
+app.add_typer(_catalog_app, name="catalog")
 
 console = Console()
 err = Console(stderr=True)
@@ -94,6 +97,20 @@ def _worker_command(config_path: Path | None, data: Path) -> list[str]:
     return cmd
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 class WorkerSupervisor:
     """Runs ``tessera worker`` as a child process and restarts it if it dies."""
 
@@ -104,14 +121,17 @@ class WorkerSupervisor:
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command)
+        self.process = self._spawn()
         self._thread.start()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.command, preexec_fn=_die_with_parent)
 
     def _watch(self) -> None:
         while not self._stopping.wait(1.0):
             if self.process is not None and self.process.poll() is not None:
                 err.print(f"worker exited with {self.process.returncode}; restarting")
-                self.process = subprocess.Popen(self.command)
+                self.process = self._spawn()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -156,6 +176,9 @@ def serve(
     console.print(
         f"Tessera {'API and worker' if worker else 'API'} on http://{host}:{port} (data in {data})"
     )
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it to this handler,
+    # which unwinds through `finally` so that the worker is stopped too
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(
             create_app(runtime),
@@ -441,6 +464,11 @@ def demo(
         console=console,
     )
     raise typer.Exit(code)
+
+
+from tessera.imports.cli import import_command  # noqa: E402 - batch path (docs/batch.md)
+
+app.command("import")(import_command)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -44,6 +44,12 @@ def normalize_email(value: str) -> str | None:
 
 
 def make_phone_normalizer(region: str) -> Callable[[str], str | None]:
+    """E.164 for valid numbers only.
+
+    "Possible" numbers are not enough: a local number without its area code
+    (``555-1234``) or a made-up one (``123-456-7890``) would be shared by
+    strangers and merge them. Numbers of one repeated digit are placeholders.
+    """
     cache: dict[str, str | None] = {}
 
     def normalize_phone(value: str) -> str | None:
@@ -54,7 +60,8 @@ def make_phone_normalizer(region: str) -> Callable[[str], str | None]:
         except phonenumbers.NumberParseException:
             result = None
         else:
-            if parsed.national_number and phonenumbers.is_possible_number(parsed):
+            digits = str(parsed.national_number)
+            if len(set(digits)) > 1 and phonenumbers.is_valid_number(parsed):
                 result = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
             else:
                 result = None

@@ -378,8 +378,19 @@ class SQLiteStore(Store):
         ]
 
     def delete_outbox(self, ids: Sequence[int]) -> None:
+        if not ids:
+            return
         with self._write_lock:
-            self._conn().executemany("DELETE FROM outbox WHERE id=?", [(i,) for i in ids])
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")  # one transaction, one sync, for all of them
+            try:
+                for chunk in _chunks(list(ids)):
+                    conn.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})",
+                                 chunk)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def counts(self) -> dict[str, int]:
         conn = self._conn()
