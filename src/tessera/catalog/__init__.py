@@ -1,0 +1,1 @@
+"""The event catalog: event types, their owners and schemas, validation at ingest, AsyncAPI."""
