@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tessera.activation.model import Destination, SubscriptionConfig
+from tessera.catalog.model import CatalogConfig, UnknownTypes, ValidationMode
 from tessera.journeys.model import JourneyConfig
 
 SCOPES = {"profiles:read", "segments:read", "decisions:read", "admin"}
@@ -33,6 +34,10 @@ class SourceConfig(Strict):
     write_key: str = Field(min_length=8)
     priority: int = 0
     """Trait survivorship priority of this source; higher wins over event time."""
+    validation: ValidationMode | None = None
+    """How events of catalog types that break their schema are handled (default: the catalog's)."""
+    unknown_types: UnknownTypes | None = None
+    """How events of types missing from the catalog are handled (default: the catalog's)."""
 
 
 class ApiKeyConfig(Strict):
@@ -150,6 +155,8 @@ class TesseraConfig(Strict):
     """Named destinations that subscriptions and journey actions refer to."""
     subscriptions: list[SubscriptionConfig] = Field(default_factory=list)
     journeys: list[JourneyConfig] = Field(default_factory=list)
+    catalog: CatalogConfig | None = None
+    """The event catalog (also read from ``catalog/*.yaml`` beside the file); none: no checks."""
 
     @model_validator(mode="after")
     def _unique_keys(self) -> TesseraConfig:
@@ -169,6 +176,10 @@ class TesseraConfig(Strict):
             if name not in names:
                 raise ValueError(f"{where} names the source {name!r}, which is not declared "
                                  f"under sources")
+        if self.catalog is not None:
+            from tessera.catalog.load import merge_into
+
+            merge_into(self)  # schemas and their evolution; identity paths and trait mappings
         return self
 
     def identifier(self, type_: str) -> IdentifierConfig | None:
@@ -266,6 +277,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> TesseraConfig:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+    if isinstance(raw, dict):
+        from tessera.catalog.load import include_files
+
+        raw = include_files(raw, file.parent)  # catalog/*.yaml beside the file
     return parse_config(raw, str(file))
 
 

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from tessera import __version__
 from tessera.activation import api as activation_api
 from tessera.api import ingest, profiles
+from tessera.catalog import api as catalog_api
 from tessera.api.errors import ApiError, json_response
 from tessera.events.errors import FieldError
 from tessera.processing.worker import EVENTS_TOPIC, PROFILES_GROUP
@@ -50,6 +51,7 @@ def create_app(runtime: Runtime, worker_in_process: bool = False) -> FastAPI:
     app.include_router(ingest.router)
     app.include_router(profiles.router)
     app.include_router(activation_api.router)
+    app.include_router(catalog_api.router)
     from tessera import console
     from tessera.observability import routes as observability_routes
 

@@ -17,6 +17,7 @@ from tessera.api.auth import credentials, source_for
 from tessera.api.body import parse_json, read_body
 from tessera.api.errors import ApiError, json_response
 from tessera.bus.base import BusUnavailable, Message
+from tessera.catalog.gate import admit
 from tessera.events import cloudevents, segment
 from tessera.events.envelope import Event
 from tessera.events.errors import FieldError, InvalidEvents
@@ -101,6 +102,8 @@ async def ingest_cloudevents(request: Request) -> Response:
                 f"unsupported Content-Type {content_type!r}: send {cloudevents.STRUCTURED}, "
                 f"{cloudevents.BATCH}, or binary mode with ce-* headers",
             )
+        ids = [e.id for e in events]
+        events, held = await admit(runtime, source, events, media == cloudevents.BATCH)
     except InvalidEvents as exc:
         raise ApiError(
             400,
@@ -109,9 +112,7 @@ async def ingest_cloudevents(request: Request) -> Response:
             exc.errors,
         ) from None
     stored, duplicates = await publish(runtime, events)
-    return json_response(
-        {"accepted": stored, "duplicates": duplicates, "ids": [e.id for e in events]}, 202
-    )
+    return json_response({"accepted": stored, "duplicates": duplicates, "ids": ids, **held}, 202)
 
 
 async def _segment(request: Request, call: str | None) -> Response:
@@ -179,8 +180,13 @@ async def _segment(request: Request, call: str | None) -> Response:
         if shared_context and "context" not in msg:
             msg = {**msg, "context": shared_context}
         events.append(segment.to_event(msg, call, source, received, runtime.extractor))
+    try:
+        events, held = await admit(runtime, source, events, indexed)
+    except InvalidEvents as exc:
+        raise ApiError(400, "invalid_events", f"{len({e.index for e in exc.errors})} message(s) "
+                       "invalid; nothing accepted", exc.errors) from None
     stored, duplicates = await publish(runtime, events)
-    return json_response({"success": True, "accepted": stored, "duplicates": duplicates})
+    return json_response({"success": True, "accepted": stored, "duplicates": duplicates, **held})
 
 
 def _dumps(msg: dict[str, Any]) -> bytes:
