@@ -14,8 +14,8 @@ from starlette.responses import Response
 from tessera import __version__
 from tessera.activation import api as activation_api
 from tessera.api import ingest, profiles
-from tessera.catalog import api as catalog_api
 from tessera.api.errors import ApiError, json_response
+from tessera.catalog import api as catalog_api
 from tessera.events.errors import FieldError
 from tessera.processing.worker import EVENTS_TOPIC, PROFILES_GROUP
 from tessera.runtime import Runtime
