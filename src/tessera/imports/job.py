@@ -1,0 +1,389 @@
+"""One import: read a file as a stream, map rows to events, apply them in batches.
+
+Every batch is committed before the checkpoint moves past it, so an
+interrupted import resumes after the last committed batch; events carry a
+stable id (the import's id and the record's line), so a batch applied twice,
+or a whole file imported twice, is deduplicated by the processor like any
+redelivered event.
+
+Two ways to apply, chosen per import (``docs/batch.md`` has the measurements):
+
+``direct`` (default)
+    The events are appended to the event log (so ``replay --rebuild`` still
+    re-derives everything) and applied right away in large batches through
+    :meth:`ProfileProcessor.apply`, the same code the worker runs. The worker
+    later receives them from the log and skips them as already applied.
+``bus``
+    The events are only appended to the log; the worker applies them at its
+    own pace, exactly like real-time events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from tessera.bus.base import Bus, Message
+from tessera.events.envelope import Event
+from tessera.identity.extract import IdentifierExtractor, get_path
+from tessera.imports.mapping import ImportMapping
+from tessera.imports.readers import Format, Position, ReaderError, Record, detect_format, read
+from tessera.processing.profiles import ProfileProcessor
+from tessera.processing.worker import EVENTS_TOPIC
+from tessera.store.base import Store
+
+Mode = Literal["direct", "bus"]
+IMPORT_SOURCE = "tessera/imports"
+PROFILE_EVENT_TYPE = "tessera.import.profile"
+CHECKPOINT_VERSION = 1
+Progress = Callable[[int, int], None]
+"""Called with (done, total) in the file's unit: bytes (CSV, JSONL) or rows (Parquet)."""
+
+
+class ImportError_(Exception):
+    """The import cannot run (bad file, unknown source, mapping columns missing)."""
+
+
+@dataclass(slots=True)
+class ImportSummary:
+    import_id: str
+    file: str
+    source: str
+    format: str
+    kind: str
+    mode: str
+    rows: int = 0
+    """Records read (imported, duplicate and rejected)."""
+    imported: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    profiles_created: int = 0
+    merges: int = 0
+    seconds: float = 0.0
+    resumed_from_line: int = 0
+    done: bool = False
+    rejects_file: str = ""
+    event_time: float = 0.0
+    position: dict[str, int] = field(default_factory=dict)
+    rejects_bytes: int = 0
+    version: int = CHECKPOINT_VERSION
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+
+def file_identity(path: Path, sample: int = 1 << 16) -> str:
+    """A cheap identity of a file's content: its size and its first and last 64 KiB."""
+    size = path.stat().st_size
+    h = hashlib.blake2b(digest_size=8)
+    h.update(str(size).encode())
+    with open(path, "rb") as fh:
+        h.update(fh.read(sample))
+        if size > sample:
+            fh.seek(max(sample, size - sample))
+            h.update(fh.read(sample))
+    return h.hexdigest()
+
+
+def import_id_for(path: Path, source: str, mapping: ImportMapping) -> str:
+    key = f"{path.name}\x1f{file_identity(path)}\x1f{source}\x1f{mapping.digest()}"
+    return "imp_" + hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+
+
+class ImportJob:
+    def __init__(
+        self,
+        *,
+        path: Path,
+        source: str,
+        mapping: ImportMapping,
+        store: Store,
+        processor: ProfileProcessor,
+        extractor: IdentifierExtractor,
+        bus: Bus | None,
+        work_dir: Path,
+        known_sources: set[str] | None = None,
+        fmt: str | None = None,
+        mode: Mode = "direct",
+        batch_size: int = 5000,
+        import_id: str | None = None,
+        rejects_path: Path | None = None,
+        restart: bool = False,
+        log_events: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ImportError_(f"{path}: no such file")
+        if known_sources is not None and source not in known_sources:
+            raise ImportError_(
+                f"unknown source {source!r}: declare it under sources in the configuration "
+                f"(its priority decides survivorship); known: {', '.join(sorted(known_sources))}")
+        if mode == "bus" and bus is None:
+            raise ImportError_("mode 'bus' needs a bus")
+        self.source = source
+        self.mapping = mapping
+        self.store = store
+        self.processor = processor
+        self.extractor = extractor
+        self.bus = bus
+        self.mode: Mode = mode
+        self.log_events = log_events and bus is not None
+        self.batch_size = max(1, batch_size)
+        try:
+            self.format: Format = detect_format(self.path, fmt)
+        except ReaderError as exc:
+            raise ImportError_(str(exc)) from None
+        self.import_id = import_id or import_id_for(self.path, source, mapping)
+        self.work_dir = Path(work_dir)
+        self.checkpoint_path = self.work_dir / f"{self.import_id}.checkpoint.json"
+        self.rejects_path = Path(rejects_path or self.work_dir / f"{self.import_id}.rejects.jsonl")
+        self.restart = restart
+        self._idents = [
+            (t, [c] if isinstance(c, str) else list(c)) for t, c in mapping.identifiers.items()
+        ]
+        self._traits = list(mapping.traits.items())
+        self._props = list(mapping.properties.items())
+
+    # -- checkpoint ----------------------------------------------------------
+
+    def load_checkpoint(self) -> ImportSummary | None:
+        try:
+            raw = orjson.loads(self.checkpoint_path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        if raw.get("version") != CHECKPOINT_VERSION or raw.get("import_id") != self.import_id:
+            return None
+        return ImportSummary(**raw)
+
+    def _save_checkpoint(self, summary: ImportSummary) -> None:
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2))
+        os.replace(tmp, self.checkpoint_path)
+
+    def total(self) -> int:
+        if self.format == "parquet":
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(self.path).metadata.num_rows)
+        return self.path.stat().st_size
+
+    # -- mapping rows to events ---------------------------------------------
+
+    @staticmethod
+    def _get(row: dict[str, Any], column: str) -> Any:
+        if column in row:
+            return row[column]
+        return get_path(row, column) if "." in column else None
+
+    def to_event(self, record: Record, event_time: float, now: float) -> Event | str:
+        """The record's event, or the reason it is rejected."""
+        row = record.row
+        assert row is not None
+        mapping = self.mapping
+        idents: list[tuple[str, str]] = []
+        unusable: list[str] = []
+        for type_, columns in self._idents:
+            for col in columns:
+                raw = self._get(row, col)
+                if raw is None or raw == "":
+                    continue
+                value = self.extractor.normalize(type_, raw)
+                if value is None:
+                    unusable.append(f"{type_} {raw!r}")
+                elif (type_, value) not in idents:
+                    idents.append((type_, value))
+        if not idents:
+            detail = f" (unusable: {', '.join(unusable)})" if unusable else ""
+            return f"no usable identifier{detail}"
+        traits: dict[str, Any] = {}
+        try:
+            for name, col in self._traits:
+                value = mapping.convert(name, self._get(row, col))
+                if value is not None:
+                    traits[name] = value
+            props: dict[str, Any] = {}
+            for name, col in self._props:
+                value = mapping.convert(name, self._get(row, col))
+                if value is not None:
+                    props[name] = value
+        except ValueError as exc:
+            return f"{name}: {exc}"
+        when = event_time
+        if mapping.time_column:
+            raw_time = self._get(row, mapping.time_column)
+            if raw_time is not None and raw_time != "":
+                try:
+                    when = mapping.parse_time(raw_time)
+                except ValueError as exc:
+                    return f"{mapping.time_column}: {exc}"
+        if mapping.kind == "events":
+            type_name = mapping.event_type
+            if mapping.event_type_column:
+                found = self._get(row, mapping.event_type_column)
+                if found is not None and str(found).strip():
+                    type_name = str(found).strip()
+            if not type_name:
+                return f"{mapping.event_type_column}: no event type"
+            data: dict[str, Any] = dict(props)
+            if traits:
+                data["traits"] = traits
+        else:
+            type_name = PROFILE_EVENT_TYPE
+            data = {"traits": traits}
+        event_id = f"{self.import_id}:{record.line}"
+        if mapping.id_column:
+            own = self._get(row, mapping.id_column)
+            if own is None or str(own).strip() == "":
+                return f"{mapping.id_column}: no record id"
+            event_id = str(own).strip()
+        data["identifiers"] = {t: v for t, v in idents}
+        return Event(
+            id=event_id,
+            source=IMPORT_SOURCE,
+            type=type_name,
+            time=when,
+            received_at=now,
+            source_name=self.source,
+            data=data,
+            identifiers=self.extractor.sort(idents),
+            datacontenttype="application/json",
+        )
+
+    def _check_columns(self, first: Record | None) -> None:
+        """Fail fast when a mapped column is missing from a CSV header or Parquet schema."""
+        if self.format == "parquet":
+            import pyarrow.parquet as pq
+
+            names = set(pq.ParquetFile(self.path).schema_arrow.names)
+        elif self.format == "csv" and first is not None and first.row is not None:
+            names = set(first.row)
+        else:
+            return
+        missing = sorted(c for c in self.mapping.columns() if c not in names)
+        if missing:
+            raise ImportError_(
+                f"{self.path.name}: the mapping names columns the file does not have: "
+                f"{', '.join(missing)}")
+
+    # -- running -------------------------------------------------------------
+
+    async def run(self, progress: Progress | None = None,
+                  stop: asyncio.Event | None = None) -> ImportSummary:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        previous = None if self.restart else self.load_checkpoint()
+        if previous is not None and previous.done:
+            previous.seconds = 0.0
+            return previous
+        started = time.monotonic()
+        if previous is None:
+            summary = ImportSummary(
+                import_id=self.import_id, file=str(self.path), source=self.source,
+                format=self.format, kind=self.mapping.kind, mode=self.mode,
+                rejects_file=str(self.rejects_path), event_time=time.time(),
+            )
+            self.rejects_path.unlink(missing_ok=True)
+            start = Position()
+        else:
+            summary = previous
+            summary.resumed_from_line = summary.position.get("line", 0)
+            start = Position(**summary.position)
+            if self.rejects_path.exists():
+                os.truncate(self.rejects_path, summary.rejects_bytes)
+        elapsed_before = summary.seconds
+        total = await asyncio.to_thread(self.total)
+        try:
+            records = read(self.path, self.format, start)
+        except ReaderError as exc:
+            raise ImportError_(str(exc)) from None
+        checked = False
+        rejects = open(self.rejects_path, "ab")  # noqa: SIM115 - closed below
+        try:
+            for _ in range(total + 2):  # each round consumes at least one record
+                try:
+                    batch, rejected, pos, first = await asyncio.to_thread(
+                        self._next_batch, records, summary.event_time)
+                except ReaderError as exc:
+                    raise ImportError_(str(exc)) from None
+                if not checked:
+                    await asyncio.to_thread(self._check_columns, first)
+                    checked = True
+                if not batch and not rejected and pos is None:
+                    break
+                await self._apply(batch, summary)
+                for line, reason, raw in rejected:
+                    rejects.write(orjson.dumps({"line": line, "reason": reason, "record": raw})
+                                  + b"\n")
+                rejects.flush()
+                summary.rows += len(batch) + len(rejected)
+                summary.rejected += len(rejected)
+                if pos is not None:
+                    summary.position = {"offset": pos.offset, "line": pos.line}
+                summary.rejects_bytes = rejects.tell()
+                summary.seconds = elapsed_before + time.monotonic() - started
+                await asyncio.to_thread(self._save_checkpoint, summary)
+                if progress is not None and pos is not None:
+                    progress(pos.offset, total)
+                if stop is not None and stop.is_set():
+                    return summary
+            summary.done = True
+            summary.seconds = elapsed_before + time.monotonic() - started
+            await asyncio.to_thread(self._save_checkpoint, summary)
+            if progress is not None:
+                progress(total, total)
+            return summary
+        finally:
+            rejects.close()
+
+    def _next_batch(
+        self, records: Any, event_time: float
+    ) -> tuple[list[Event], list[tuple[int, str, Any]], Position | None, Record | None]:
+        batch: list[Event] = []
+        rejected: list[tuple[int, str, Any]] = []
+        pos: Position | None = None
+        first: Record | None = None
+        now = time.time()
+        for record, at in records:
+            pos = at
+            if first is None:
+                first = record
+            if record.row is None:
+                rejected.append((record.line, record.error or "unreadable", record.raw))
+            else:
+                made = self.to_event(record, event_time, now)
+                if isinstance(made, str):
+                    rejected.append((record.line, made, record.row))
+                else:
+                    batch.append(made)
+            if len(batch) + len(rejected) >= self.batch_size:
+                break
+        return batch, rejected, pos, first
+
+    async def _apply(self, batch: list[Event], summary: ImportSummary) -> None:
+        if not batch:
+            return
+        if self.bus is not None and (self.mode == "bus" or self.log_events):
+            stored = await self.bus.publish(
+                EVENTS_TOPIC, [Message(e.uid, e.partition_key, e.to_json()) for e in batch])
+            if self.mode == "bus":
+                new = sum(stored)
+                summary.imported += new
+                summary.duplicates += len(batch) - new
+                return
+        result = await asyncio.to_thread(self.processor.apply, batch)
+        summary.imported += result.applied
+        summary.duplicates += result.duplicates
+        summary.profiles_created += result.profiles_created
+        summary.merges += result.merges
+        # the derived events wait in the store's outbox; the worker relays them

@@ -1,0 +1,202 @@
+"""Streaming readers for CSV, JSONL and Parquet that can resume at a position.
+
+Each reader yields one :class:`Record` at a time with the position just after
+it, so memory stays flat whatever the file's size, and an interrupted import
+restarts exactly after the last committed record. CSV and JSONL positions are
+byte offsets (the file is re-opened and sought); Parquet positions are row
+numbers (the reader skips the row groups before it).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+Format = Literal["csv", "jsonl", "parquet"]
+
+SUFFIXES: dict[str, Format] = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+PARQUET_BATCH = 8192
+
+
+class ReaderError(Exception):
+    """The file cannot be read at all (missing, no header, not Parquet)."""
+
+
+@dataclass(slots=True)
+class Record:
+    line: int
+    """Line of the record's start (CSV, JSONL; 1-based, header included), or row (Parquet)."""
+    row: dict[str, Any] | None
+    error: str | None = None
+    raw: str | None = None
+    """The record's text, kept only when it is rejected."""
+
+
+@dataclass(slots=True)
+class Position:
+    offset: int = 0
+    """Byte offset after the last record (CSV, JSONL) or rows read (Parquet)."""
+    line: int = 0
+    """Lines (CSV, JSONL) or rows (Parquet) consumed up to ``offset``."""
+
+
+def detect_format(path: Path, explicit: str | None = None) -> Format:
+    if explicit:
+        if explicit not in ("csv", "jsonl", "parquet"):
+            raise ReaderError(f"unknown format {explicit!r}; use csv, jsonl or parquet")
+        return explicit  # type: ignore[return-value]
+    found = SUFFIXES.get(path.suffix.lower())
+    if found is None:
+        raise ReaderError(f"{path.name}: cannot tell the format from the suffix; give --format")
+    return found
+
+
+def read(path: Path, fmt: Format, start: Position | None = None,
+         delimiter: str | None = None) -> Iterator[tuple[Record, Position]]:
+    start = start or Position()
+    if fmt == "csv":
+        delim = delimiter or ("\t" if path.suffix.lower() == ".tsv" else ",")
+        return _read_csv(path, start, delim)
+    if fmt == "jsonl":
+        return _read_jsonl(path, start)
+    return _read_parquet(path, start)
+
+
+def _read_csv(path: Path, start: Position, delimiter: str) -> Iterator[tuple[Record, Position]]:
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed in the finally below
+    except OSError as exc:
+        raise ReaderError(f"{path}: cannot open: {exc.strerror}") from None
+    state = [0, 0]  # bytes consumed, lines consumed
+
+    def lines() -> Iterator[str]:
+        for raw in fh:
+            state[0] += len(raw)
+            state[1] += 1
+            yield raw.decode("utf-8", "replace")
+
+    try:
+        reader = csv.reader(lines(), delimiter=delimiter, strict=True)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise ReaderError(f"{path.name}: empty file, no header row") from None
+        except csv.Error as exc:
+            raise ReaderError(f"{path.name}: unreadable header: {exc}") from None
+        if header and header[0].startswith("\ufeff"):
+            header[0] = header[0][1:]
+        header = [h.strip() for h in header]
+        if len(set(header)) != len(header):
+            raise ReaderError(f"{path.name}: the header names a column twice")
+        if start.offset > state[0]:
+            fh.seek(start.offset)
+            state[0], state[1] = start.offset, start.line
+        width = len(header)
+        size = path.stat().st_size
+        for _ in range(size + 1):  # every round consumes at least one line (one byte)
+            line = state[1] + 1
+            before = state[0]
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield (Record(line, None, f"malformed CSV: {exc}", None),
+                       Position(state[0], state[1]))
+                continue
+            pos = Position(state[0], state[1])
+            if not row:
+                continue  # a blank line is not a record
+            if len(row) != width:
+                text = _slice(path, before, state[0])
+                yield Record(line, None, f"expected {width} fields, got {len(row)}", text), pos
+                continue
+            if any("\ufffd" in v for v in row):
+                yield Record(line, None, "not valid UTF-8", _slice(path, before, state[0])), pos
+                continue
+            yield Record(line, dict(zip(header, row, strict=True))), pos
+    finally:
+        fh.close()
+
+
+def _slice(path: Path, start: int, end: int, limit: int = 4096) -> str:
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        return fh.read(min(end - start, limit)).decode("utf-8", "replace").rstrip("\r\n")
+
+
+def _read_jsonl(path: Path, start: Position) -> Iterator[tuple[Record, Position]]:
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed in the finally below
+    except OSError as exc:
+        raise ReaderError(f"{path}: cannot open: {exc.strerror}") from None
+    try:
+        offset, line = start.offset, start.line
+        fh.seek(offset)
+        for raw in fh:
+            offset += len(raw)
+            line += 1
+            pos = Position(offset, line)
+            text = raw.strip()
+            if not text:
+                continue
+            try:
+                row = orjson.loads(text)
+            except orjson.JSONDecodeError as exc:
+                yield Record(line, None, f"invalid JSON: {exc}", _text(text)), pos
+                continue
+            if not isinstance(row, dict):
+                yield Record(line, None, "not a JSON object", _text(text)), pos
+                continue
+            yield Record(line, row), pos
+    finally:
+        fh.close()
+
+
+def _text(raw: bytes, limit: int = 4096) -> str:
+    return raw[:limit].decode("utf-8", "replace")
+
+
+def _read_parquet(path: Path, start: Position) -> Iterator[tuple[Record, Position]]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:
+        raise ReaderError(f"{path.name}: not a readable Parquet file: {exc}") from None
+    try:
+        meta = pf.metadata
+        groups: list[int] = []
+        seen = 0  # rows in the row groups skipped whole
+        for i in range(meta.num_row_groups):
+            n = meta.row_group(i).num_rows
+            if not groups and seen + n <= start.offset:
+                seen += n
+            else:
+                groups.append(i)
+        skip = start.offset - seen
+        row_no = seen
+        if not groups:
+            return
+        for batch in pf.iter_batches(batch_size=PARQUET_BATCH, row_groups=groups):
+            for row in batch.to_pylist():
+                row_no += 1
+                if skip > 0:
+                    skip -= 1
+                    continue
+                yield Record(row_no, row), Position(row_no, row_no)
+    finally:
+        pf.close()
