@@ -1,0 +1,1 @@
+"""Relays from services' PostgreSQL databases to Tessera: the transactional outbox and CDC."""
