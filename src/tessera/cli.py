@@ -36,6 +36,9 @@ for _name, _sub_app in _ACTIVATION_APPS.items():
 from tessera.catalog.cli import catalog_app as _catalog_app  # noqa: E402
 
 app.add_typer(_catalog_app, name="catalog")
+from tessera.relay.cli import relay_app as _relay_app  # noqa: E402
+
+app.add_typer(_relay_app, name="relay")
 
 console = Console()
 err = Console(stderr=True)
