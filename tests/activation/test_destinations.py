@@ -92,7 +92,7 @@ async def test_jsonl_file_sink(tmp_path: Path) -> None:
 
 
 async def test_parquet_file_sink(tmp_path: Path) -> None:
-    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow.parquet as pq
     sub = {"name": "lake", "shape": "event",
            "destination": {"type": "file", "path": "lake", "format": "parquet",
                            "flush_seconds": 0.2}}

@@ -11,6 +11,7 @@ import abc
 import asyncio
 import importlib
 import inspect
+import logging
 import os
 import threading
 import time
@@ -69,6 +70,7 @@ class WebhookSender(Sender):
 
     def __init__(self, config: WebhookDestination) -> None:
         self.config = config
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # not one log line per request
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(config.timeout),
             limits=httpx.Limits(
@@ -184,15 +186,15 @@ class JsonlSender(Sender):
 
 class ParquetSender(Sender):
     """Collects messages for ``flush_seconds`` and writes them as one Parquet file in a
-    directory; a message is acknowledged once its file is written. Needs ``pyarrow``
-    (``pip install 'tessera-cdp[parquet]'``)."""
+    directory; a message is acknowledged once its file is written (with ``pyarrow``).
+    """
 
     def __init__(self, directory: Path, flush_seconds: float) -> None:
         try:
             import pyarrow  # noqa: F401
         except ImportError:
             raise LookupError(
-                "the parquet file sink needs pyarrow: pip install 'tessera-cdp[parquet]'"
+                "the parquet file sink needs pyarrow (pip install pyarrow)"
             ) from None
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,177 @@
+"""Webhook latency: from an event's 2xx at ingest to its webhook arriving at a receiver.
+
+``tessera serve`` (API and worker, the embedded default) runs with the demo
+configuration plus one subscription to a receiver on 127.0.0.1 (uvicorn, in
+a thread of this process). This process sends CloudEvents batches at a fixed
+rate (default 1,000 events/s as 100 batches of 10 a second, open loop), each
+event to one of ``--people`` profiles, and notes when each batch is answered
+2xx. The receiver notes when each event's webhook arrives. The latency of an
+event is arrival minus its batch's 2xx (both on this process's clock). The
+warm-up's events are not counted; an event not received after ``--give-up``
+seconds counts as infinitely late.
+
+    .venv/bin/python bench/webhook_latency.py [--rate 1000] [--seconds 20] [--shape fat]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+import yaml
+from benchlib import (
+    CE_BATCH,
+    CRM_KEY,
+    Tessera,
+    free_port,
+    latency_summary,
+    machine_line,
+    open_loop,
+    verdict,
+    write_json,
+)
+
+TARGET_P99_MS = 300.0
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.arrived: dict[str, float] = {}
+        self.requests = 0
+        self.port = free_port()
+
+    async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        now = time.time()
+        self.requests += 1
+        try:
+            self.arrived.setdefault(json.loads(body)["id"], now)
+        except (ValueError, KeyError):
+            pass
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    def start(self) -> uvicorn.Server:
+        server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
+                                               log_level="warning", access_log=False,
+                                               interface="asgi3"))
+        threading.Thread(target=server.run, daemon=True).start()
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return server
+
+
+def config_file(directory: Path, receiver: Receiver, shape: str) -> Path:
+    from tessera.config import DEFAULT_CONFIG_FILE
+
+    raw = yaml.safe_load(DEFAULT_CONFIG_FILE.read_text())
+    raw["subscriptions"] = [{
+        "name": "bench", "filter": {"types": ["com.example.crm.*"]}, "shape": shape,
+        "destination": {"type": "webhook", "url": f"http://127.0.0.1:{receiver.port}/hook",
+                        "secret": "whsec_YmVuY2htYXJrLXNlY3JldC0wMTIzNDU2Nzg5",
+                        "max_concurrency": 64},
+    }]
+    path = directory / "tessera.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+async def drive(url: str, rate: float, seconds: float, batch: int, people: int
+                ) -> dict[str, float]:
+    accepted: dict[str, float] = {}
+    batches_per_second = rate / batch
+    async with httpx.AsyncClient(base_url=url, timeout=30.0,
+                                 limits=httpx.Limits(max_connections=32)) as client:
+        async def fire(i: int, _: float) -> None:
+            events = [{
+                "specversion": "1.0", "id": f"b{i}-{k}", "source": "bench/crm",
+                "type": "com.example.crm.contact.updated",
+                "data": {"email": f"person{(i * batch + k) % people}@example.com",
+                         "traits": {"bench_n": i * batch + k}},
+            } for k in range(batch)]
+            r = await client.post("/v1/events", content=json.dumps(events), headers={
+                "Authorization": f"Bearer {CRM_KEY}", "Content-Type": CE_BATCH})
+            now = time.time()
+            if r.status_code == 202:
+                for e in events:
+                    accepted[e["id"]] = now
+
+        await open_loop(batches_per_second, seconds, fire)
+    return accepted
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rate", type=float, default=1000.0, help="events per second")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--batch", type=int, default=10, help="events per request")
+    parser.add_argument("--people", type=int, default=2000)
+    parser.add_argument("--shape", default="fat", choices=["fat", "event", "notification"])
+    parser.add_argument("--give-up", type=float, default=30.0)
+    parser.add_argument("--json", help="write the result here")
+    parser.add_argument("--keep", action="store_true", help="keep the data directory and logs")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="tessera-webhook-bench-"))
+    keep = args.keep
+    receiver = Receiver()
+    server = receiver.start()
+    try:
+        cfg = config_file(work, receiver, args.shape)
+        with Tessera(["serve", "--config", str(cfg)], work / "data", free_port()).start() as t:
+            time.sleep(1.0)  # the worker starts its subscription
+            accepted = asyncio.run(drive(t.url, args.rate, args.seconds, args.batch,
+                                         args.people))
+            deadline = time.monotonic() + args.give_up
+            while time.monotonic() < deadline and not set(accepted) <= set(receiver.arrived):
+                time.sleep(0.1)
+    finally:
+        server.should_exit = True
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"kept {work}")
+    warm = int(args.warmup * args.rate)
+    counted = [eid for eid in sorted(accepted, key=lambda e: accepted[e])][warm:]
+    latencies = [max(0.0, receiver.arrived[e] - accepted[e]) if e in receiver.arrived
+                 else math.inf for e in counted]
+    summary = latency_summary(latencies)
+    missing = sum(1 for x in latencies if x == math.inf)
+    print(f"webhook latency, accepted (2xx) -> received, shape {args.shape!r}, "
+          f"{args.rate:.0f} events/s for {args.seconds:.0f} s ({args.batch} per request)")
+    print(f"  {machine_line()}")
+    print(f"  events counted {len(counted)} (after {args.warmup:.0f} s warm-up), "
+          f"not received {missing}, webhook requests {receiver.requests}")
+    print(f"  p50 {summary['p50']:.1f} ms, p90 {summary['p90']:.1f} ms, "
+          f"p99 {summary['p99']:.1f} ms, p99.9 {summary['p99.9']:.1f} ms, "
+          f"max {summary['max']:.1f} ms")
+    print(f"  target p99 <= {TARGET_P99_MS:.0f} ms: "
+          f"{verdict(summary['p99'], TARGET_P99_MS, higher_is_better=False)}")
+    write_json(args.json, {"shape": args.shape, "rate": args.rate, "seconds": args.seconds,
+                           "latency_ms": summary, "not_received": missing,
+                           "machine": machine_line()})
+    return 0 if summary["p99"] <= TARGET_P99_MS and not missing else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
