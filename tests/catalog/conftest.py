@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -90,7 +91,7 @@ def catalog_section(**overrides: Any) -> dict[str, Any]:
         ],
     }
     section.update(overrides)
-    return section
+    return copy.deepcopy(section)  # callers edit it; MEMBER_V1 stays as it is
 
 
 def make_config(catalog: dict[str, Any] | None = None, **modes: tuple[str, str]) -> TesseraConfig:

@@ -62,7 +62,7 @@ def check(config: ConfigOpt = None,
         console.print(f"  {event.type} ({event.kind}, {versions})", highlight=False)
     if problems:
         for p in problems:
-            err.print(f"incompatible: {p}", markup=False, highlight=False)
+            err.print(f"incompatible: {p}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     console.print(f"[green]ok[/green] {len(cfg.catalog.events)} event type(s)")
 
@@ -154,7 +154,8 @@ def release_cmd(
     console.print(f"{len(result.released)} event(s) released")
     for uid, problems in result.still_invalid.items():
         first = problems[0]
-        err.print(f"still invalid: {uid}: {first['pointer']}: {first['reason']}", markup=False)
+        err.print(f"still invalid: {uid}: {first['pointer']}: {first['reason']}", markup=False,
+                  soft_wrap=True)
     if result.still_invalid:
         raise typer.Exit(1)
 
