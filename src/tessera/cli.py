@@ -313,6 +313,10 @@ def migrate(config: ConfigOpt = None, data_dir_: DataDirOpt = None) -> None:
 
 
 def _run(coro_factory: Any, config: Path | None, data: Path | None) -> Any:
+    import structlog
+
+    # the backends' log lines go to stderr: stdout is the command's answer (JSON for `dlq show`)
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     runtime = _runtime(config, data)
 
     async def main() -> Any:
