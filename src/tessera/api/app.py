@@ -112,4 +112,21 @@ def create_app(runtime: Runtime, worker_in_process: bool = False) -> FastAPI:
         lag = await runtime.bus.lag(EVENTS_TOPIC, PROFILES_GROUP)
         return json_response({"store": counts, "lag": {PROFILES_GROUP: lag}})
 
+    @app.get("/v1/consumers", tags=["health"], summary="Consumer lag per group")
+    async def consumers(request: Request) -> Response:
+        from tessera.api.auth import require_scope
+        from tessera.bus.base import BusUnavailable
+        from tessera.observability.metrics import WATCHED_GROUPS
+
+        require_scope(runtime, request, "profiles:read")
+        watched = list(WATCHED_GROUPS)
+        try:
+            lags = await asyncio.wait_for(
+                asyncio.gather(*(runtime.bus.lag(t, g) for t, g in watched)), 5.0)
+        except (BusUnavailable, TimeoutError) as exc:
+            raise ApiError(503, "unavailable", f"the bus does not answer: {exc}",
+                           headers={"Retry-After": "5"}) from None
+        return json_response([{"group": g, "topic": t, "lag": lag}
+                              for (t, g), lag in zip(watched, lags, strict=True)])
+
     return app
