@@ -473,9 +473,11 @@ def demo(
     raise typer.Exit(code)
 
 
+from tessera.identity.cli import identity_app  # noqa: E402 - batch path (docs/batch.md)
 from tessera.imports.cli import import_command  # noqa: E402 - batch path (docs/batch.md)
 
 app.command("import")(import_command)
+app.add_typer(identity_app, name="identity")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -17,6 +17,7 @@ from tessera.api import ingest, profiles
 from tessera.api.errors import ApiError, json_response
 from tessera.catalog import api as catalog_api
 from tessera.events.errors import FieldError
+from tessera.identity import api as identity_api
 from tessera.imports import api as imports_api
 from tessera.processing.worker import EVENTS_TOPIC, PROFILES_GROUP
 from tessera.runtime import Runtime
@@ -52,6 +53,7 @@ def create_app(runtime: Runtime, worker_in_process: bool = False) -> FastAPI:
     app.include_router(ingest.router)
     app.include_router(profiles.router)
     app.include_router(imports_api.router)
+    app.include_router(identity_api.router)
     app.include_router(activation_api.router)
     app.include_router(catalog_api.router)
     from tessera import console

@@ -160,6 +160,25 @@ class StoreTx(abc.ABC):
     def add_outbox(self, messages: Sequence[tuple[str, str, str, bytes]]) -> None:
         """Queue ``(topic, message_id, key, payload)`` for the bus, atomically with the effects."""
 
+    def split(
+        self,
+        profile_id: str,
+        into_id: str,
+        identifiers: Sequence[Identifier],
+        event_uids: Sequence[str],
+        at: float,
+    ) -> None:
+        """Undo part of a merge: move links and timeline entries out of ``profile_id``.
+
+        The links of ``identifiers`` and the timeline entries of ``event_uids``
+        move from ``profile_id`` to ``into_id``: a profile merged into
+        ``profile_id`` earlier (it is revived, its merge record removed) or a
+        new id (the profile is created). Both profiles' event counts are
+        recounted. Traits are not touched: the caller re-derives them. Optional
+        (identity unmerge needs it); backends that lack it raise NotImplementedError.
+        """
+        raise NotImplementedError
+
 
 class Store(abc.ABC):
     """The profile store. Reads are safe from any thread."""

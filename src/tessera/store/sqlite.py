@@ -254,6 +254,33 @@ class SQLiteTx(StoreTx):
             "INSERT INTO outbox (topic, message_id, key, payload) VALUES (?, ?, ?, ?)", messages
         )
 
+    def split(
+        self,
+        profile_id: str,
+        into_id: str,
+        identifiers: Sequence[Identifier],
+        event_uids: Sequence[str],
+        at: float,
+    ) -> None:
+        row = self.conn.execute("SELECT merged_into FROM profiles WHERE id=?",
+                                (into_id,)).fetchone()
+        if row is None:
+            self.create_profile(into_id, at)
+        else:
+            self.conn.execute("UPDATE profiles SET merged_into=NULL, updated_at=? WHERE id=?",
+                              (at, into_id))
+            self.conn.execute("DELETE FROM merges WHERE merged_id=?", (into_id,))
+        self.conn.executemany(
+            "UPDATE identities SET profile_id=? WHERE type=? AND value=? AND profile_id=?",
+            [(into_id, t, v, profile_id) for t, v in identifiers])
+        self.conn.executemany(
+            "UPDATE timeline SET profile_id=? WHERE profile_id=? AND event_uid=?",
+            [(into_id, profile_id, uid) for uid in event_uids])
+        for pid in (profile_id, into_id):
+            self.conn.execute(
+                "UPDATE profiles SET event_count=(SELECT count(*) FROM timeline "
+                "WHERE profile_id=?), updated_at=? WHERE id=?", (pid, at, pid))
+
 
 class SQLiteStore(Store):
     def __init__(self, path: Path | str, synchronous: str | None = None) -> None:

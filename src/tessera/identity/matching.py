@@ -1,0 +1,420 @@
+"""Probabilistic identity matching with Splink (Fellegi-Sunter), over profile traits.
+
+Deterministic identity resolution links profiles that share an identifier.
+Matching finds the profiles that share none but describe the same person
+(name, date of birth, address, phone fragments): Splink estimates the model
+(u by random sampling, m by expectation maximisation over blocking rules)
+and scores the candidate pairs its blocking rules produce.
+
+* At or above ``auto_merge`` a pair is merged through the identity graph, as a
+  merge with the reason ``probabilistic, score p`` and a decision id as its
+  cause, so :mod:`tessera.identity.unmerge` can undo it.
+* Between ``review`` and ``auto_merge`` it goes to the review queue
+  (:mod:`tessera.identity.review`).
+* Decided pairs are remembered and never queued or merged again.
+
+Merges respect the identifier limits: two profiles with different member
+numbers (limit 1) are never merged, whatever their score. The settings are
+backend-neutral: the same :class:`MatchSettings` run on Splink's DuckDB
+backend (the default) or its Spark backend (``backend="spark"``, needs pyspark).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from tessera.config import TesseraConfig
+from tessera.events.envelope import Event, iso_time
+from tessera.identity.review import ReviewStore, ordered
+from tessera.processing.profiles import DERIVED_SOURCE, DERIVED_TOPIC
+from tessera.profiles.survivorship import Survivorship
+from tessera.store.base import Identifier, Store, Trait
+
+log = logging.getLogger(__name__)
+Compare = Literal["name", "date", "exact", "fuzzy", "id", "postcode"]
+UNIQUE_ID = "profile_id"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MatchColumn(_Model):
+    trait: str
+    """The profile trait holding the value."""
+    compare: Compare = "exact"
+    date_format: str = "%Y-%m-%d"
+    tf: bool = False
+    """Term-frequency adjustment: agreeing on a rare value counts more."""
+
+
+class MatchSettings(_Model):
+    columns: dict[str, MatchColumn] = Field(min_length=1)
+    blocking: list[list[str]] = Field(min_length=1)
+    """Candidate pairs: records agreeing on every expression of one rule."""
+    training: list[list[str]] = Field(min_length=1)
+    """Blocking rules of the expectation-maximisation sessions that estimate m."""
+    deterministic: list[list[str]] = Field(min_length=1)
+    """Rules that almost surely mean a match, to estimate the prior."""
+    recall: float = Field(default=0.7, gt=0, le=1)
+    auto_merge: float = Field(default=0.99, gt=0, le=1)
+    review: float = Field(default=0.8, gt=0, le=1)
+    u_max_pairs: float = Field(default=1e6, gt=0)
+    seed: int = 42
+
+
+DEFAULT_SETTINGS = MatchSettings(
+    columns={
+        "first_name": MatchColumn(trait="first_name", compare="name"),
+        "last_name": MatchColumn(trait="last_name", compare="name"),
+        "date_of_birth": MatchColumn(trait="date_of_birth", compare="date"),
+        "address": MatchColumn(trait="address", compare="fuzzy"),
+        "postcode": MatchColumn(trait="postcode", compare="postcode", tf=True),
+        "city": MatchColumn(trait="city", compare="fuzzy"),
+        "phone_tail": MatchColumn(trait="phone", compare="id"),
+    },
+    blocking=[["first_name", "last_name"], ["date_of_birth"], ["postcode", "last_name"],
+              ["substr(first_name,1,2)", "substr(last_name,1,2)"]],
+    training=[["date_of_birth"], ["first_name", "last_name"]],
+    deterministic=[["first_name", "last_name", "date_of_birth"]],
+)
+
+
+def load_settings(path: str | Path | None) -> MatchSettings:
+    if path is None:
+        return DEFAULT_SETTINGS
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    return MatchSettings.model_validate(raw)
+
+
+# -- reading the profiles ----------------------------------------------------
+
+
+def load_profiles(store: Store, settings: MatchSettings, chunk: int = 5000
+                  ) -> tuple[list[dict[str, Any]], dict[str, set[Identifier]]]:
+    """One row per live profile with at least one matching column, and every profile's ids."""
+    ids = list(store.iter_profile_ids())
+    rows: list[dict[str, Any]] = []
+    identifiers: dict[str, set[Identifier]] = {}
+    wanted = [(name, col.trait, col.compare) for name, col in settings.columns.items()]
+    for start in range(0, len(ids), chunk):
+        part = ids[start:start + chunk]
+        with store.transaction() as tx:
+            traits = tx.traits(part)
+            idents = tx.identifiers_of(part)
+        for pid in part:
+            identifiers[pid] = set(idents.get(pid, ()))
+            row: dict[str, Any] = {UNIQUE_ID: pid}
+            have = traits.get(pid, {})
+            for name, trait, compare in wanted:
+                row[name] = _value(have.get(trait), compare, name)
+            if any(row[name] is not None for name, _, _ in wanted):
+                rows.append(row)
+    return rows, identifiers
+
+
+def _value(trait: Trait | None, compare: str, name: str) -> str | None:
+    if trait is None or trait.value is None or isinstance(trait.value, dict | list):
+        return None
+    text = str(trait.value).strip().lower()
+    if name.endswith("_tail"):
+        digits = "".join(c for c in text if c.isdigit())
+        text = digits[-7:]
+    return text or None
+
+
+# -- scoring with Splink -----------------------------------------------------
+
+
+def _rule(exprs: list[str]) -> Any:
+    from splink import block_on
+
+    return block_on(*exprs)
+
+
+def splink_settings(settings: MatchSettings) -> Any:
+    import splink.comparison_library as cl
+    from splink import SettingsCreator
+
+    comparisons = []
+    for name, col in settings.columns.items():
+        comp: Any
+        if col.compare == "name":
+            comp = cl.NameComparison(name)
+        elif col.compare == "date":
+            comp = cl.DateOfBirthComparison(name, input_is_string=True,
+                                            datetime_format=col.date_format)
+        elif col.compare == "fuzzy":
+            comp = cl.JaroWinklerAtThresholds(name, [0.9, 0.8])
+        elif col.compare == "id":
+            comp = cl.DamerauLevenshteinAtThresholds(name, [1, 2])
+        elif col.compare == "postcode":
+            comp = cl.DamerauLevenshteinAtThresholds(name, [1])
+        else:
+            comp = cl.ExactMatch(name)
+        if col.tf:
+            comp = comp.configure(term_frequency_adjustments=True)
+        comparisons.append(comp)
+    return SettingsCreator(
+        unique_id_column_name=UNIQUE_ID,
+        link_type="dedupe_only",
+        blocking_rules_to_generate_predictions=[_rule(r) for r in settings.blocking],
+        comparisons=comparisons,
+        retain_intermediate_calculation_columns=False,
+        retain_matching_columns=False,
+    )
+
+
+def make_db_api(backend: str = "duckdb") -> Any:
+    if backend == "duckdb":
+        from splink import DuckDBAPI
+
+        return DuckDBAPI()
+    if backend == "spark":  # pragma: no cover - needs pyspark and a Spark session
+        from pyspark.sql import SparkSession
+        from splink import SparkAPI
+
+        return SparkAPI(spark_session=SparkSession.builder.getOrCreate())
+    raise ValueError(f"unknown Splink backend {backend!r}; use duckdb or spark")
+
+
+def score_pairs(rows: Sequence[dict[str, Any]], settings: MatchSettings,
+                threshold: float | None = None, backend: str = "duckdb"
+                ) -> list[tuple[str, str, float]]:
+    """Candidate pairs ``(a, b, probability)`` at or above ``threshold`` (default: review)."""
+    if len(rows) < 2:
+        return []
+    import pandas as pd
+    from splink import Linker
+
+    threshold = settings.review if threshold is None else threshold
+    frame = pd.DataFrame.from_records(list(rows))
+    db_api = make_db_api(backend)
+    linker = Linker(db_api.register(frame), splink_settings(settings), log_level=None)
+    quiet = logging.getLogger("splink")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        linker.training.estimate_probability_two_random_records_match(
+            [_rule(r) for r in settings.deterministic], recall=settings.recall)
+        linker.training.estimate_u_using_random_sampling(
+            max_pairs=settings.u_max_pairs, seed=settings.seed)
+        for rule in settings.training:
+            linker.training.estimate_parameters_using_expectation_maximisation(_rule(rule))
+        predictions = linker.inference.predict(threshold_match_probability=threshold)
+        found = predictions.as_pandas_dataframe()
+    finally:
+        quiet.setLevel(level)
+    left, right = f"{UNIQUE_ID}_l", f"{UNIQUE_ID}_r"
+    return [(str(a), str(b), float(p)) for a, b, p in
+            zip(found[left], found[right], found["match_probability"], strict=True)]
+
+
+# -- merging -----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class MatchReport:
+    profiles: int = 0
+    candidates: int = 0
+    merged: int = 0
+    queued: int = 0
+    skipped_decided: int = 0
+    skipped_limits: int = 0
+    seconds: float = 0.0
+    merges: list[tuple[str, str, float]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("profiles", "candidates", "merged", "queued",
+                                              "skipped_decided", "skipped_limits", "seconds")}
+
+
+def decision_uid(a: str, b: str) -> str:
+    a, b = ordered(a, b)
+    return "match-" + hashlib.blake2b(f"{a}\x1f{b}".encode(), digest_size=12).hexdigest()
+
+
+def reason_for(score: float) -> str:
+    return f"probabilistic, score {score:.4f}"
+
+
+class Matcher:
+    """Scores, merges and queues; owns no state but the review store."""
+
+    def __init__(self, config: TesseraConfig, store: Store, review: ReviewStore,
+                 settings: MatchSettings = DEFAULT_SETTINGS) -> None:
+        self.config = config
+        self.store = store
+        self.review = review
+        self.settings = settings
+        self.survivorship = Survivorship(config)
+        idents = config.all_identifiers()
+        self._limit = {i.type: i.limit for i in idents}
+        self._priority = {i.type: i.priority for i in idents}
+
+    def fits(self, identifiers: Iterable[Identifier]) -> bool:
+        per_type: dict[str, int] = {}
+        for type_, _ in identifiers:
+            per_type[type_] = per_type.get(type_, 0) + 1
+        return all(not self._limit.get(t, 0) or n <= self._limit[t] for t, n in per_type.items())
+
+    def _rank(self, identifiers: set[Identifier], pid: str) -> tuple[int, str]:
+        best = min((self._priority.get(t, 1000) for t, _ in identifiers), default=10_000)
+        return best, pid
+
+    def run(self, backend: str = "duckdb", dry_run: bool = False, by: str = "auto"
+            ) -> MatchReport:
+        started = time.monotonic()
+        report = MatchReport()
+        rows, identifiers = load_profiles(self.store, self.settings)
+        report.profiles = len(rows)
+        pairs = score_pairs(rows, self.settings, backend=backend)
+        report.candidates = len(pairs)
+        rejected = self._current_rejections()
+        auto: list[tuple[str, str, float]] = []
+        review: list[tuple[str, str, float]] = []
+        for a, b, p in pairs:
+            if ordered(a, b) in rejected:
+                report.skipped_decided += 1
+            elif p >= self.settings.auto_merge:
+                auto.append((a, b, p))
+            else:
+                review.append((a, b, p))
+        if dry_run:
+            report.merged, report.queued = len(auto), len(review)
+        else:
+            ops, refused = self.plan(auto, identifiers)
+            report.skipped_limits = len(refused)
+            report.merges = self.merge(ops, identifiers, by=by)
+            report.merged = len(report.merges)
+            report.queued = self.review.queue(review + refused)
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _current_rejections(self) -> set[tuple[str, str]]:
+        """Rejected pairs, each side followed through later merges to its profile now."""
+        out: set[tuple[str, str]] = set()
+        for pair in self.review.decided():
+            if pair.state != "rejected":
+                continue
+            a = self.store.resolve(pair.a) or pair.a
+            b = self.store.resolve(pair.b) or pair.b
+            out.add(ordered(a, b))
+            out.add(ordered(pair.a, pair.b))
+        return out
+
+    def plan(self, edges: Sequence[tuple[str, str, float]],
+             identifiers: dict[str, set[Identifier]]
+             ) -> tuple[list[tuple[str, str, float]], list[tuple[str, str, float]]]:
+        """Merges ``(into, merged, score)`` in descending score (union-find), and refusals."""
+        parent: dict[str, str] = {}
+        members = {pid: set(ids) for pid, ids in identifiers.items()}
+
+        def find(x: str) -> str:
+            root = x
+            for _ in range(len(parent) + 1):
+                up = parent.get(root)
+                if up is None:
+                    break
+                root = up
+            while x != root:  # path compression, bounded by the path's length
+                parent[x], x = root, parent[x]
+            return root
+
+        ops: list[tuple[str, str, float]] = []
+        refused: list[tuple[str, str, float]] = []
+        for a, b, p in sorted(edges, key=lambda e: (-e[2], e[0], e[1])):
+            ra, rb = find(a), find(b)
+            if ra == rb:
+                continue
+            ia, ib = members.setdefault(ra, set()), members.setdefault(rb, set())
+            if not self.fits(ia | ib):
+                refused.append((a, b, p))
+                continue
+            into, merged = sorted((ra, rb), key=lambda r: self._rank(members[r], r))
+            ops.append((into, merged, p))
+            parent[merged] = into
+            members[into] = ia | ib
+        return ops, refused
+
+    def merge(self, ops: Sequence[tuple[str, str, float]],
+              identifiers: dict[str, set[Identifier]], by: str = "auto", chunk: int = 500
+              ) -> list[tuple[str, str, float]]:
+        """Apply planned merges through the store, each with its score as the reason."""
+        done: list[tuple[str, str, float]] = []
+        decisions: list[Any] = []
+        for start in range(0, len(ops), chunk):
+            part = ops[start:start + chunk]
+            now = time.time()
+            with self.store.transaction() as tx:
+                pids = sorted({p for op in part for p in op[:2]})
+                tx.lock_identifiers(sorted({i for p in pids for i in identifiers.get(p, ())}))
+                tx.lock_profiles(pids)
+                current = {p: set(ids) for p, ids in tx.identifiers_of(pids).items()}
+                derived: list[Event] = []
+                for into, merged, score in part:
+                    if not current.get(into) or not current.get(merged):
+                        continue  # merged away meanwhile (deterministically): nothing to do
+                    if not self.fits(current[into] | current[merged]):
+                        continue
+                    uid = decision_uid(into, merged)
+                    traits = tx.traits([into, merged])
+                    combined = self.survivorship.combine([traits[into], traits[merged]])
+                    tx.merge(into, [merged], uid, now, reason_for(score))
+                    tx.delete_traits([merged])
+                    changed = {n: t for n, t in combined.items() if traits[into].get(n) is not t}
+                    if changed:
+                        tx.put_traits(into, changed)
+                    derived.append(merged_event(uid, into, [merged], reason_for(score), now))
+                    done.append((into, merged, score))
+                    decisions.append((into, merged, score, "merged", by, None,
+                                      sorted(current[into]), sorted(current[merged])))
+                    current[into] |= current.pop(merged)
+                if derived:
+                    tx.add_outbox([(DERIVED_TOPIC, d.uid, d.partition_key, d.to_json())
+                                   for d in derived])
+            self.review.record_many(decisions)
+            decisions.clear()
+        return done
+
+    def accept(self, a: str, b: str, by: str = "reviewer") -> tuple[str, str] | None:
+        """Merge a queued pair now; None if either side is gone or a limit forbids it."""
+        pair = self.review.get(a, b)
+        score = pair.score if pair else 1.0
+        ra, rb = self.store.resolve(a) or a, self.store.resolve(b) or b
+        if ra == rb:
+            self.review.record(a, b, score, "merged", by, note="already one profile")
+            return ra, rb
+        with self.store.transaction() as tx:
+            identifiers = {p: set(i) for p, i in tx.identifiers_of([ra, rb]).items()}
+        ops, refused = self.plan([(ra, rb, score)], identifiers)
+        if refused or not ops:
+            return None
+        done = self.merge(ops, identifiers, by=by)
+        if not done:
+            return None
+        if ordered(a, b) != ordered(ra, rb):
+            self.review.record(a, b, score, "merged", by)
+        return done[0][0], done[0][1]
+
+    def reject(self, a: str, b: str, by: str = "reviewer", note: str | None = None) -> None:
+        pair = self.review.get(a, b)
+        self.review.record(a, b, pair.score if pair else 0.0, "rejected", by, note=note)
+
+
+def merged_event(uid: str, into: str, merged: list[str], reason: str, now: float) -> Event:
+    return Event(
+        id=f"{uid}:identity.merged", source=DERIVED_SOURCE, type="identity.merged", time=now,
+        received_at=now, source_name="tessera",
+        data={"profile_id": into, "merged_profile_ids": merged,
+              "caused_by": {"decision": uid}, "reason": reason, "at": iso_time(now)},
+        identifiers=[("profile_id", into)], subject=into, datacontenttype="application/json")

