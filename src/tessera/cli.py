@@ -475,9 +475,11 @@ def demo(
 
 from tessera.identity.cli import identity_app  # noqa: E402 - batch path (docs/batch.md)
 from tessera.imports.cli import import_command  # noqa: E402 - batch path (docs/batch.md)
+from tessera.warehouse.cli import warehouse_app  # noqa: E402 - batch path
 
 app.command("import")(import_command)
 app.add_typer(identity_app, name="identity")
+app.add_typer(warehouse_app, name="warehouse")
 
 
 def main() -> None:  # pragma: no cover - console entry point
