@@ -1,7 +1,8 @@
 """JSON Schemas of event data: checking them, compiling them, and the evolution rules.
 
 Validation is on the ingest path, so each (type, version) schema is compiled
-once into Python code by ``fastjsonschema`` (many times faster than an
+once by ``jsonschema-rs`` (a validator in Rust: about three times faster
+than ``fastjsonschema``'s generated Python, many times faster than an
 interpreting validator); only an event that fails is validated again with
 ``jsonschema`` to name every problem with its JSON pointer.
 
@@ -18,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import fastjsonschema
 import jsonschema
+import jsonschema_rs
 from jsonschema.validators import validator_for
 
 
@@ -47,15 +48,11 @@ class CompiledSchema:
 
     def __init__(self, schema: dict[str, Any]) -> None:
         self.schema = schema
-        self._fast: Callable[[Any], Any] = fastjsonschema.compile(schema)
         self._slow = validator_for(schema, default=jsonschema.Draft7Validator)(schema)
-
-    def is_valid(self, data: Any) -> bool:
-        try:
-            self._fast(data)
-        except fastjsonschema.JsonSchemaException:
-            return False
-        return True
+        modern = "2020-12" in str(schema.get("$schema", ""))
+        self._fast = (jsonschema_rs.Draft202012Validator if modern
+                      else jsonschema_rs.Draft7Validator)(schema)
+        self.is_valid: Callable[[Any], bool] = self._fast.is_valid
 
     def problems(self, data: Any, limit: int = 10) -> list[Problem]:
         """Every problem of ``data`` (up to ``limit``), pointers rooted at ``/data``."""
@@ -65,10 +62,9 @@ class CompiledSchema:
             at = pointer("data", *error.absolute_path)
             out.append(Problem(at, error.message, f"{at}: {_summary(error)}"))
         if not out:  # the two validators disagree (a format, say): trust the fast one
-            try:
-                self._fast(data)
-            except fastjsonschema.JsonSchemaValueException as exc:
-                out.append(Problem("/data", str(exc.message), f"/data: {exc.rule or 'invalid'}"))
+            for error in list(self._fast.iter_errors(data))[:limit]:
+                at = pointer("data", *error.instance_path)
+                out.append(Problem(at, error.message, f"{at}: invalid"))
         return out
 
 
