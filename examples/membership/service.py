@@ -4,8 +4,8 @@ Its address change writes the member row and the event in one transaction;
 ``tessera relay outbox`` publishes the event. The legacy CRM's ``contacts``
 table, which publishes nothing, is captured by ``tessera relay cdc``.
 
-    python examples/membership/service.py --dsn postgresql://... setup
-    python examples/membership/service.py --dsn postgresql://... move M-1001 "1 Fjord Rd" Bergen 5003
+    python examples/membership/service.py --dsn $DSN setup
+    python examples/membership/service.py --dsn $DSN move M-1001 "1 Fjord Rd" Bergen 5003
     tessera relay outbox --dsn postgresql://... --url http://127.0.0.1:8000 \\
         --write-key wk_membership_example
     tessera relay cdc --dsn postgresql://... --table contacts \\
