@@ -81,9 +81,9 @@ async def main(args: argparse.Namespace) -> None:
                             work_dir=Path(tmp) / "data" / "imports", mode=args.mode,
                             log_events=args.log, batch_size=args.batch_size)
             with PeakRss() as rss:
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
                 summary = await job.run()
-                elapsed = time.perf_counter() - started
+                elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         finally:
             await runtime.close()
         size = file.stat().st_size
@@ -92,6 +92,8 @@ async def main(args: argparse.Namespace) -> None:
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"imported {summary.imported:,} in {elapsed:.1f} s: {summary.rows / elapsed:,.0f} rows/s;"
           f" peak RSS growth {(rss.peak - rss.start) / 2**20:.0f} MiB")
+    print(f"CPU time of this process {cpu:.1f} s: {summary.rows / cpu:,.0f} rows per CPU-second "
+          f"(the wall figure is lower whenever other processes share the CPUs)")
 
 
 if __name__ == "__main__":
