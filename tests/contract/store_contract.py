@@ -200,3 +200,32 @@ class StoreContract:
                                   "merges": 0}
         with store.transaction() as tx:
             assert tx.applied(["e1"]) == set()
+
+    def test_split_undoes_a_merge(self, store: Store) -> None:
+        a, b, c = pid(), pid(), pid()
+        with store.transaction() as tx:
+            tx.create_profile(a, 1.0)
+            tx.create_profile(b, 1.0)
+            tx.link(a, [("email", "a@x.io")], "e1", 1.0, "web")
+            tx.link(b, [("user_id", "u-b"), ("phone", "+15555550100")], "e2", 1.0, "web")
+            tx.append_timeline(a, [entry("e1", 1.0)], 1.0)
+            tx.append_timeline(b, [entry("e2", 2.0), entry("e3", 3.0)], 1.0)
+        with store.transaction() as tx:
+            tx.merge(a, [b], "e4", 4.0, "probabilistic, score 0.97")
+        assert store.resolve("user_id:u-b") == a
+        with store.transaction() as tx:
+            tx.split(a, b, [("user_id", "u-b")], ["e2"], 5.0)
+        assert store.resolve("user_id:u-b") == b
+        assert store.resolve("phone:+15555550100") == a
+        revived = store.get_profile(b)
+        kept = store.get_profile(a)
+        assert revived is not None and kept is not None
+        assert revived.event_count == 1 and kept.event_count == 2
+        assert kept.merged_from == []
+        assert [e.event_uid for e in store.timeline(b, 10)] == ["e2"]
+        with store.transaction() as tx:  # into a brand-new profile
+            tx.split(a, c, [("phone", "+15555550100")], ["e3"], 6.0)
+        assert store.resolve("phone:+15555550100") == c
+        new = store.get_profile(c)
+        assert new is not None and new.event_count == 1
+        assert store.counts()["profiles"] == 3

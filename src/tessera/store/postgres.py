@@ -536,6 +536,49 @@ class PostgresTx(StoreTx):
             if pid in moved:
                 self._known[ident] = into
 
+    def split(
+        self,
+        profile_id: str,
+        into_id: str,
+        identifiers: Sequence[Identifier],
+        event_uids: Sequence[str],
+        at: float,
+    ) -> None:
+        """Undo part of a merge (identity unmerge): see :meth:`StoreTx.split`."""
+        self.flush()
+        w = self._w
+        row = w.execute("SELECT merged_into FROM profiles WHERE id = %s FOR UPDATE",
+                        [into_id]).fetchone()
+        if row is None:
+            w.execute("INSERT INTO profiles (id, created_at, updated_at, event_count) "
+                      "VALUES (%s, %s, %s, 0)", [into_id, at, at])
+        else:
+            w.execute("UPDATE profiles SET merged_into = NULL, updated_at = %s WHERE id = %s",
+                      [at, into_id])
+            w.execute("DELETE FROM merges WHERE merged_id = %s", [into_id])
+        if identifiers:
+            w.execute(
+                "UPDATE identities SET profile_id = %s FROM unnest(%b::text[], %b::text[]) "
+                "AS moved(type, value) WHERE identities.type = moved.type "
+                "AND identities.value = moved.value AND identities.profile_id = %s",
+                [into_id, [t for t, _ in identifiers], [v for _, v in identifiers], profile_id],
+            )
+        if event_uids:
+            w.execute(
+                "UPDATE timeline SET profile_id = %s "
+                "WHERE profile_id = %s AND event_uid = ANY(%b::text[])",
+                [into_id, profile_id, list(event_uids)],
+            )
+        w.execute(
+            "UPDATE profiles SET event_count = (SELECT count(*) FROM timeline t "
+            "WHERE t.profile_id = profiles.id), updated_at = %s WHERE id = ANY(%b::text[])",
+            [at, [profile_id, into_id]],
+        )
+        for ident in identifiers:
+            if self._known.get(ident) == profile_id:
+                self._known[ident] = into_id
+        self._locked_profiles.add(into_id)
+
     def put_traits(self, profile_id: str, traits: dict[str, Trait]) -> None:
         cached = self._traits.get(profile_id)
         for name, trait in traits.items():
