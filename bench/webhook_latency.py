@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import shutil
@@ -62,10 +63,8 @@ class Receiver:
                 break
         now = time.time()
         self.requests += 1
-        try:
+        with contextlib.suppress(ValueError, KeyError):
             self.arrived.setdefault(json.loads(body)["id"], now)
-        except (ValueError, KeyError):
-            pass
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 

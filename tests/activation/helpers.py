@@ -60,7 +60,7 @@ class Harness:
         return event
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0,
+async def wait_for(predicate: Callable[[], bool], timeout: float = 30.0,
                    what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

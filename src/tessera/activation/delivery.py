@@ -244,6 +244,8 @@ class SubscriptionRunner:
             if fresh:
                 try:
                     await self._admit(topic, fresh)
+                except asyncio.CancelledError:
+                    raise
                 except Exception as exc:  # the store is down: these come again later
                     log.error("subscription.admit_failed", subscription=self.name,
                               error=f"{type(exc).__name__}: {exc}")

@@ -261,11 +261,12 @@ async def overview(
     """Every subscription with its definition, pause flag and delivery figures."""
     rows = {s.name: s for s in await asyncio.to_thread(state.all)}
     subs: dict[str, tuple[SubscriptionConfig, str]] = {}
-    for row in rows.values():  # as last seen by a worker (its configuration may differ)
-        if row.definition is not None:
+    for stored in rows.values():  # as last seen by a worker (its configuration may differ)
+        if stored.definition is not None:
             with contextlib.suppress(ValueError):
-                subs[row.name] = (SubscriptionConfig.model_validate(row.definition, strict=False),
-                                  row.origin)
+                subs[stored.name] = (
+                    SubscriptionConfig.model_validate(stored.definition, strict=False),
+                    stored.origin)
     subs.update(configured_subscriptions(config))
     out = []
     for sub_name in sorted(subs):
