@@ -51,6 +51,9 @@ CREATE TABLE IF NOT EXISTS identities (
     PRIMARY KEY (type, value)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS identities_profile ON identities (profile_id);
+-- merges redirect profiles that point at a merged one: find them without a scan
+CREATE INDEX IF NOT EXISTS profiles_merged_into ON profiles (merged_into)
+    WHERE merged_into IS NOT NULL;
 CREATE TABLE IF NOT EXISTS traits (
     profile_id TEXT NOT NULL,
     name TEXT NOT NULL,
