@@ -187,7 +187,7 @@ async def test_store_outage_retries_without_dead_lettering(tmp_path: Path) -> No
     try:
         await publish(runtime, [make_event(n, f"o{n}@example.com") for n in range(3)])
         task = asyncio.create_task(worker.run(idle_timeout=0.05))
-        for _ in range(200):
+        for _ in range(800):  # each outage costs about 2 s of backing off; bounded at 40 s
             if runtime.store.counts()["events_applied"] == 3:
                 break
             await asyncio.sleep(0.05)
