@@ -228,3 +228,18 @@ async def test_readyz_is_503_when_the_bus_is_gone(api: Api) -> None:
     assert response.json()["checks"]["store"] == "ok"
     assert response.json()["checks"]["bus"].startswith("unavailable")
     assert response.headers["Retry-After"] == "5"
+
+
+async def test_store_outage_is_503_with_retry_after(api: Api,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from tessera.store.base import StoreUnavailable
+
+    def down(identifier: str) -> str | None:
+        raise StoreUnavailable("connection refused")
+
+    monkeypatch.setattr(api.runtime.store, "resolve", down)
+    response = await api.client.get("/v1/profiles/email:a@example.com",
+                                    headers={"Authorization": "Bearer rk_read_123"})
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.json()["error"] == "unavailable"

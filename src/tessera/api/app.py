@@ -21,6 +21,7 @@ from tessera.identity import api as identity_api
 from tessera.imports import api as imports_api
 from tessera.processing.worker import EVENTS_TOPIC, PROFILES_GROUP
 from tessera.runtime import Runtime
+from tessera.store.base import StoreUnavailable
 
 
 def create_app(runtime: Runtime, worker_in_process: bool = False) -> FastAPI:
@@ -65,6 +66,11 @@ def create_app(runtime: Runtime, worker_in_process: bool = False) -> FastAPI:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:
         return exc.response()
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(request: Request, exc: StoreUnavailable) -> Response:
+        return ApiError(503, "unavailable", f"the profile store cannot be reached: {exc}",
+                        headers={"Retry-After": "5"}).response()
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
