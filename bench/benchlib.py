@@ -561,7 +561,7 @@ def thread_role(frames: list[str]) -> str:
         return "bus writer thread"
     if "Checkpointer._run" in stack:
         return "checkpointer thread"
-    if "concurrent/futures/thread.py" in stack:
+    if "concurrent/futures/thread.py" in stack or "WorkerThread.run (anyio" in stack:
         return "thread pool"
     return "main thread"
 
@@ -570,7 +570,7 @@ class Spy:
     """``py-spy record`` (raw stacks, idle threads included) attached to running processes
     from construction until :meth:`stop`."""
 
-    def __init__(self, pids: dict[str, int], out_dir: Path) -> None:
+    def __init__(self, pids: dict[str, int], out_dir: Path, mode: str = "wall") -> None:
         self.out: dict[str, Path] = {}
         self.procs: list[subprocess.Popen[bytes]] = []
         exe = Path(sys.executable).with_name("py-spy")
@@ -579,7 +579,10 @@ class Spy:
         for name, pid in pids.items():
             path = out_dir / f"{name}.raw"
             self.out[name] = path
-            cmd = [spy, "record", "--idle", "-t", "-r", "100", "-f", "raw", "-o", str(path)]
+            # wall: every thread at every tick, waiting (I/O, locks, the GIL) included;
+            # gil: only the thread holding the GIL, i.e. where the Python CPU time goes
+            view = ["--idle"] if mode == "wall" else ["--gil"]
+            cmd = [spy, "record", *view, "-t", "-r", "100", "-f", "raw", "-o", str(path)]
             self.procs.append(
                 subprocess.Popen(
                     [*cmd, "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -603,12 +606,14 @@ class Spy:
 
 
 def hot_spots(raw: Path, name: str, top: int = 8) -> str:
-    """Where the threads of one process spent the wall-clock time, by thread role.
+    """Where the threads of one process spent their time, by thread role.
 
     Shares are of the sampling ticks (wall time): "busy 80%" means on average
     0.8 threads of that role were not idle; a line "12% f (file:line)" means a
     thread of that role was in that line 12% of the time (own time, so a
     SQLite ``execute`` or ``COMMIT`` shows as the Python line that called it).
+    In the ``gil`` mode only the thread holding the GIL is sampled, so the
+    shares add up to the process's Python CPU time.
     """
     if not raw.exists():
         return f"[{name}] no profile (py-spy failed?)"
@@ -648,12 +653,67 @@ def hot_spots(raw: Path, name: str, top: int = 8) -> str:
     return "\n".join(lines)
 
 
-def spy_on(server: Tessera, out_dir: str | None) -> Spy | None:
+def spy_on(server: Tessera, out_dir: str | None, mode: str = "wall") -> Spy | None:
     """Sample ``tessera serve`` (the API process and its worker child), if asked to."""
     if not out_dir:
         return None
+    return Spy(server_pids(server), Path(out_dir), mode)
+
+
+def add_profile_options(parser: Any) -> None:
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="sample the processes under test with py-spy, print "
+        "their hot spots (raw stacks are left in DIR)",
+    )
+    parser.add_argument(
+        "--profile-mode",
+        choices=["wall", "gil"],
+        default="wall",
+        help="wall: all threads, waiting included; gil: only the thread holding the GIL",
+    )
+
+
+# -- CPU time of the processes under test ---------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (all its threads) has used so far."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+class CpuMeter:
+    """CPU seconds used by some processes between :meth:`start` and :meth:`stop`.
+
+    On a busy machine the wall-clock figures suffer from other processes; CPU
+    time per operation does much less, and ``1 / cpu_per_op`` is what one
+    fully available core could do."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.before: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    def start(self) -> CpuMeter:
+        self.before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        return self
+
+    def stop(self) -> dict[str, float]:
+        self.used = {name: cpu_seconds(pid) - self.before[name] for name, pid in self.pids.items()}
+        return self.used
+
+
+def server_pids(server: Tessera) -> dict[str, int]:
     pids = server.pids()
     names = {"api": pids[0]}
     if len(pids) > 1:
         names["worker"] = pids[1]
-    return Spy(names, Path(out_dir))
+    return names

@@ -33,8 +33,10 @@ from typing import Any
 from benchlib import (
     CE_BATCH,
     CRM_KEY,
+    CpuMeter,
     Pool,
     Tessera,
+    add_profile_options,
     fast_event_loop,
     free_port,
     get_head,
@@ -42,6 +44,7 @@ from benchlib import (
     machine_line,
     open_loop,
     post_head,
+    server_pids,
     spy_on,
     verdict,
     wait_lag_zero,
@@ -211,9 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="data directory to use (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the temp data directory")
     parser.add_argument("--json", help="also write the results to this file")
-    parser.add_argument(
-        "--profile", metavar="DIR", help="sample API and worker with py-spy, print hot spots"
-    )
+    add_profile_options(parser)
     args = parser.parse_args(argv)
 
     base = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="tessera-bench-"))
@@ -228,8 +229,10 @@ def main(argv: list[str] | None = None) -> int:
             assert server.port is not None
             create_profiles(server.url, server.port, args.people, args.probes, run)
             load = machine_line()
-            spy = spy_on(server, args.profile)
+            spy = spy_on(server, args.profile, args.profile_mode)
+            meter = CpuMeter(server_pids(server)).start()
             result = asyncio.run(measure(args, server.port, run))
+            cpu = meter.stop()
             if spy is not None:
                 spy.stop()
                 print(spy.report())
@@ -255,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         f" (missed {result['probes_missed']}, skipped {result['probes_skipped']})"
         f"  target p99 <= {TARGET_P99_MS:.0f} ms: {verdict(lat['p99'], TARGET_P99_MS, False)}"
     )
+    worker_us = cpu.get("worker", 0.0) / max(1, result["events_sent"]) * 1e6
+    print(
+        f"  CPU during the measurement: API {cpu.get('api', 0.0):.1f} s,"
+        f" worker {cpu.get('worker', 0.0):.1f} s = {worker_us:.0f} us/event sent"
+        f" ({result['polls']:,} polls)"
+    )
     print(
         f"  worker lag when the last batch was sent: {result['lag_at_end']} events"
         f" (0 again {caught_up:.1f} s after the last probe)"
@@ -267,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             "rate": args.rate,
             "batch": args.batch,
             "duration": args.duration,
+            "cpu_s": cpu,
             **result,
         },
     )

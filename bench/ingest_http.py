@@ -34,9 +34,11 @@ from benchlib import (
     CE_BATCH,
     CRM_KEY,
     WEB_KEY,
+    CpuMeter,
     Pool,
     Spy,
     Tessera,
+    add_profile_options,
     bus_counts,
     event_stream,
     free_port,
@@ -307,8 +309,12 @@ def bench_kind(args: argparse.Namespace, kind: str, use_wrk: bool) -> dict[str, 
         if args.warmup > 0:
             load(args.warmup, f"w{uuid.uuid4().hex[:8]}")
         before, _ = bus_counts(data)
-        spy = Spy({f"api-{kind}": server.pids()[0]}, Path(args.profile)) if args.profile else None
+        spy = None
+        if args.profile:
+            spy = Spy({f"api-{kind}": server.pids()[0]}, Path(args.profile), args.profile_mode)
+        meter = CpuMeter({"api": server.pids()[0]}).start()
         result = load(args.duration, f"r{uuid.uuid4().hex[:8]}")
+        result["api_cpu_s"] = meter.stop()["api"]
         if spy is not None:
             spy.stop()
             print(spy.report())
@@ -326,6 +332,7 @@ def bench_kind(args: argparse.Namespace, kind: str, use_wrk: bool) -> dict[str, 
         stored=stored,
         events_per_s=result["accepted"] / seconds,
         requests_per_s=result["ok"] / seconds,
+        api_cpu_us_per_event=result["api_cpu_s"] / max(1, result["accepted"]) * 1e6,
         verified=stored == result["accepted"] and result["bad"] == 0 and result["duplicates"] == 0,
     )
     return result
@@ -353,9 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="parent of the data directories (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the temp data directories")
     parser.add_argument("--json", help="also write the results to this file")
-    parser.add_argument(
-        "--profile", metavar="DIR", help="sample the server with py-spy, print its hot spots"
-    )
+    add_profile_options(parser)
     parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.generate:
@@ -386,6 +391,11 @@ def main(argv: list[str] | None = None) -> int:
             f" (non-2xx {r['bad']}, duplicates {r['duplicates']}, socket errors"
             f" {r['socket_errors']})  target >= {TARGET_EVENTS_PER_S:,} events/s:"
             f" {verdict(r['events_per_s'], TARGET_EVENTS_PER_S, True)}"
+        )
+        us = r["api_cpu_us_per_event"]
+        print(
+            f"  {'':<12} API process CPU {r['api_cpu_s']:.1f} s = {us:.0f} us/event"
+            f" (all its threads): one core to itself would take about {1e6 / us:,.0f} events/s"
         )
     summary = {"benchmark": "ingest_http", "machine": machine_line(), "results": results}
     write_json(args.json, summary)

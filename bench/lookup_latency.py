@@ -32,8 +32,10 @@ from urllib.parse import quote
 from benchlib import (
     CE_BATCH,
     CRM_KEY,
+    CpuMeter,
     Pool,
     Tessera,
+    add_profile_options,
     event_stream,
     fast_event_loop,
     free_port,
@@ -44,6 +46,7 @@ from benchlib import (
     population,
     post_head,
     send_stream,
+    server_pids,
     spy_on,
     stats,
     store_values,
@@ -140,9 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="data directory to use (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the temp data directory")
     parser.add_argument("--json", help="also write the results to this file")
-    parser.add_argument(
-        "--profile", metavar="DIR", help="sample API and worker with py-spy, print hot spots"
-    )
+    add_profile_options(parser)
     args = parser.parse_args(argv)
 
     base = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="tessera-bench-"))
@@ -169,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.warmup > 0:
                 asyncio.run(measure(server.port, emails, args.rate, args.warmup, 0, [], 1))
             load = machine_line()
-            spy = spy_on(server, args.profile)
+            spy = spy_on(server, args.profile, args.profile_mode)
+            meter = CpuMeter(server_pids(server)).start()
             result = asyncio.run(
                 measure(
                     server.port,
@@ -181,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.seed,
                 )
             )
+            cpu = meter.stop()
             if spy is not None:
                 spy.stop()
                 print(spy.report())
@@ -201,6 +204,13 @@ def main(argv: list[str] | None = None) -> int:
         f"  p99 {lat['p99']:.2f} ms  p99.9 {lat['p99.9']:.2f} ms  max {lat['max']:.2f} ms"
         f"  target p99 <= {TARGET_P99_MS} ms: {verdict(lat['p99'], TARGET_P99_MS, False)}"
     )
+    lookups = sum(result["statuses"].values())
+    api_ms = cpu.get("api", 0.0) / max(1, lookups) * 1000
+    print(
+        f"  CPU during the measurement: API {cpu.get('api', 0.0):.1f} s ="
+        f" {api_ms:.2f} ms/lookup (one core to itself: about {1000 / api_ms:,.0f} lookups/s),"
+        f" idle worker {cpu.get('worker', 0.0):.1f} s"
+    )
     late = result["generator_late_ms"]
     print(f"  generator start lag: p99 {late['p99']:.2f} ms, max {late['max']:.2f} ms")
     write_json(
@@ -212,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             "duration": args.duration,
             "ingest_rate": args.ingest_rate,
             "store": counts,
+            "cpu_s": cpu,
+            "api_cpu_ms_per_lookup": api_ms,
             **result,
         },
     )

@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import (
+    CpuMeter,
     Spy,
     Tessera,
+    add_profile_options,
     bus_counts,
     event_stream,
     free_port,
@@ -60,18 +62,20 @@ def prefill(data: Path, events: int, people: int, seed: int) -> dict[str, Any]:
     }
 
 
-async def run_in_process(data: Path, profile: str | None) -> dict[str, Any]:
+async def run_in_process(data: Path, profile: str | None, mode: str) -> dict[str, Any]:
     from tessera.config import load_config
     from tessera.runtime import Runtime
 
     runtime = Runtime(load_config(None), data)
     await runtime.start()
     worker = runtime.worker()
-    spy = Spy({"worker-inprocess": os.getpid()}, Path(profile)) if profile else None
+    spy = Spy({"worker-inprocess": os.getpid()}, Path(profile), mode) if profile else None
+    cpu0 = os.times()
     started = last = time.perf_counter()
     try:
         while await worker.step(0.05):
             last = time.perf_counter()
+        cpu1 = os.times()
     finally:
         if spy is not None:
             spy.stop()
@@ -83,14 +87,18 @@ async def run_in_process(data: Path, profile: str | None) -> dict[str, Any]:
         "dead_lettered": worker.stats.dead_lettered,
         "batches": worker.stats.batches,
         "seconds": last - started,
+        "cpu_s": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
     }
 
 
-def run_process(data: Path, events: int, timeout: float, profile: str | None) -> dict[str, Any]:
+def run_process(
+    data: Path, events: int, timeout: float, profile: str | None, mode: str
+) -> dict[str, Any]:
     started = time.perf_counter()
     first_progress: tuple[float, int] | None = None
     worker = Tessera(["worker", "--log-level", "warning"], data).start()
-    spy = Spy({"worker": worker.pids()[0]}, Path(profile)) if profile else None
+    spy = Spy({"worker": worker.pids()[0]}, Path(profile), mode) if profile else None
+    meter = CpuMeter({"worker": worker.pids()[0]}).start()
     try:
         while True:
             _, lag = bus_counts(data)
@@ -103,6 +111,7 @@ def run_process(data: Path, events: int, timeout: float, profile: str | None) ->
                 raise TimeoutError(f"lag still {lag} after {timeout} s")
             time.sleep(0.02)
         finished = time.perf_counter()
+        cpu = meter.stop()["worker"]
     finally:
         if spy is not None:
             spy.stop()
@@ -115,6 +124,7 @@ def run_process(data: Path, events: int, timeout: float, profile: str | None) ->
         "seconds": finished - started,
         "seconds_after_first_batch": finished - t_first,
         "events_after_first_batch": events - done_first,
+        "cpu_s": cpu,
     }
 
 
@@ -150,9 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         help="run the worker in this process, or as the real `tessera worker` process",
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="give up after (s)")
-    parser.add_argument(
-        "--profile", metavar="DIR", help="sample the worker with py-spy, print its hot spots"
-    )
+    add_profile_options(parser)
     parser.add_argument("--data-dir", help="data directory to use (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the temp data directory")
     parser.add_argument("--json", help="also write the results to this file")
@@ -170,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             f" (filled over HTTP in {fill['seconds']:.1f} s)"
         )
         if args.mode == "inprocess":
-            run = asyncio.run(run_in_process(data, args.profile))
+            run = asyncio.run(run_in_process(data, args.profile, args.profile_mode))
         else:
-            run = run_process(data, fill["in_bus"], args.timeout, args.profile)
+            run = run_process(data, fill["in_bus"], args.timeout, args.profile, args.profile_mode)
         counts = store_counts(data)
         _, lag = bus_counts(data)
     finally:
@@ -195,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         f"  {args.mode}: {run['applied']:,} events in {run['seconds']:.2f} s ="
         f" {rate:,.0f} events/s  target >= {TARGET_EVENTS_PER_S:,}: "
         f"{verdict(rate, TARGET_EVENTS_PER_S, True)}"
+    )
+    us = run["cpu_s"] / max(1, run["applied"]) * 1e6
+    result["cpu_us_per_event"] = us
+    print(
+        f"  worker CPU {run['cpu_s']:.1f} s = {us:.0f} us/event (all its threads):"
+        f" one core to itself would take about {1e6 / us:,.0f} events/s"
     )
     if "seconds_after_first_batch" in run:
         r2 = run["events_after_first_batch"] / run["seconds_after_first_batch"]
