@@ -138,7 +138,7 @@ class TraitsConfig(Strict):
 
 
 class ProcessorConfig(Strict):
-    batch_size: int = Field(default=500, ge=1, le=10_000)
+    batch_size: int = Field(default=1000, ge=1, le=10_000)
     max_attempts: int = Field(default=5, ge=1)
     retry_backoff_seconds: float = Field(default=0.2, ge=0)
 

@@ -110,7 +110,12 @@ class SQLiteBus(Bus):
         conn = connect(self.path, self.synchronous)
         conn.executescript(SCHEMA)
         conn.close()
-        self._reader = connect(self.path, self.synchronous)
+        # Reads, acknowledgements, leases and dead letters skip the sync of each
+        # commit: losing the last of them to a power cut only means a redelivery,
+        # which processors deduplicate. Appends (the writer thread) sync: a 2xx
+        # answered to a source must survive anything.
+        self._reader = connect(self.path, "NORMAL" if self.synchronous == "FULL"
+                               else self.synchronous)
         self._writer = threading.Thread(
             target=self._write_loop, name="tessera-bus-writer", daemon=True
         )
