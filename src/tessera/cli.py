@@ -312,11 +312,24 @@ def migrate(config: ConfigOpt = None, data_dir_: DataDirOpt = None) -> None:
     console.print(f"[green]ok[/green] store schema is up to date ({runtime.store_url or 'sqlite'})")
 
 
+class _StderrLogger:
+    """Writes to whatever ``sys.stderr`` is at the time of each line, not at setup."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+def _stderr_logger(*args: Any) -> _StderrLogger:
+    return _StderrLogger()
+
+
 def _run(coro_factory: Any, config: Path | None, data: Path | None) -> Any:
     import structlog
 
     # the backends' log lines go to stderr: stdout is the command's answer (JSON for `dlq show`)
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    structlog.configure(logger_factory=_stderr_logger)
     runtime = _runtime(config, data)
 
     async def main() -> Any:
