@@ -79,3 +79,16 @@ def test_a_worker_alone_serves_its_metrics_on_a_port(tmp_path: Path) -> None:
             worker.stop()
     finally:
         api.stop()
+
+
+def test_importing_the_cli_leaves_metrics_mode_open() -> None:
+    """`tessera serve` chooses Prometheus multiprocess mode after the CLI is imported:
+    nothing imported with the CLI may import prometheus_client first."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, tessera.cli; print('prometheus_client' in sys.modules)"],
+        capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -37,7 +37,7 @@ from tessera.identity.extract import IdentifierExtractor, get_path
 from tessera.imports.mapping import ImportMapping
 from tessera.imports.readers import Format, Position, ReaderError, Record, detect_format, read
 from tessera.processing.profiles import ProfileProcessor
-from tessera.processing.worker import EVENTS_TOPIC
+from tessera.events import EVENTS_TOPIC
 from tessera.store.base import Store
 
 Mode = Literal["direct", "bus"]
