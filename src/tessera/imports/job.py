@@ -32,12 +32,12 @@ from typing import Any, Literal
 import orjson
 
 from tessera.bus.base import Bus, Message
+from tessera.events import EVENTS_TOPIC
 from tessera.events.envelope import Event
 from tessera.identity.extract import IdentifierExtractor, get_path
 from tessera.imports.mapping import ImportMapping
 from tessera.imports.readers import Format, Position, ReaderError, Record, detect_format, read
 from tessera.processing.profiles import ProfileProcessor
-from tessera.events import EVENTS_TOPIC
 from tessera.store.base import Store
 
 Mode = Literal["direct", "bus"]
