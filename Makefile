@@ -21,7 +21,7 @@ serve: install  ## the demo, then keep the server up for exploring
 	$(VENV)/bin/tessera demo --serve
 
 test: install  ## the whole test suite
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench
