@@ -575,6 +575,7 @@ class Spy:
         self.procs: list[subprocess.Popen[bytes]] = []
         exe = Path(sys.executable).with_name("py-spy")
         spy = str(exe) if exe.exists() else "py-spy"
+        self.mode = mode
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, pid in pids.items():
             path = out_dir / f"{name}.raw"
@@ -602,18 +603,20 @@ class Spy:
                 p.wait(10)
 
     def report(self, top: int = 12) -> str:
-        return "\n".join(hot_spots(path, name, top) for name, path in self.out.items())
+        gil = self.mode == "gil"
+        return "\n".join(hot_spots(path, name, top, gil) for name, path in self.out.items())
 
 
-def hot_spots(raw: Path, name: str, top: int = 8) -> str:
+def hot_spots(raw: Path, name: str, top: int = 8, gil: bool = False) -> str:
     """Where the threads of one process spent their time, by thread role.
 
     Shares are of the sampling ticks (wall time): "busy 80%" means on average
     0.8 threads of that role were not idle; a line "12% f (file:line)" means a
     thread of that role was in that line 12% of the time (own time, so a
     SQLite ``execute`` or ``COMMIT`` shows as the Python line that called it).
-    In the ``gil`` mode only the thread holding the GIL is sampled, so the
-    shares add up to the process's Python CPU time.
+    With ``gil`` (a ``py-spy --gil`` profile: only the thread holding the GIL
+    is sampled), shares are of all samples, i.e. of the Python time that held
+    the GIL; SQLite and other C code that releases the GIL does not show.
     """
     if not raw.exists():
         return f"[{name}] no profile (py-spy failed?)"
@@ -639,12 +642,13 @@ def hot_spots(raw: Path, name: str, top: int = 8) -> str:
         for f in set(frames):
             if "tessera/" in f:
                 inclusive[f] = inclusive.get(f, 0) + n
-    ticks = max(per_thread.values(), default=0)
+    ticks = sum(per_thread.values()) if gil else max(per_thread.values(), default=0)
     if not ticks:
         return f"[{name}] no samples"
-    lines = [f"[{name}] {ticks} ticks"]
+    what = "of the GIL-holding samples" if gil else "of the wall time"
+    lines = [f"[{name}] {ticks} {'samples' if gil else 'ticks'}"]
     for role in sorted(busy, key=lambda r: -busy[r]):
-        lines.append(f"  {role}: busy {busy[role] / ticks:.0%} of the wall time; own time:")
+        lines.append(f"  {role}: {busy[role] / ticks:.0%} {what}; own time:")
         for f, n in sorted(own[role].items(), key=lambda x: -x[1])[:top]:
             lines.append(f"    {n / ticks:6.1%}  {f}")
         lines.append("    inclusive, in tessera/:")
