@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 """
 
 LEASE_SECONDS = 10.0
+IDLE_RECHECK_SECONDS = 0.25
 
 
 connect = sqlitefile.connect
@@ -83,6 +84,9 @@ class _Consumer:
         self.attempts: dict[int, int] = {}
         self.not_before = 0.0
         self.lock = asyncio.Lock()
+        self.last_lease = 0.0
+        self.idle_signature: tuple[int, ...] | None = None
+        self.idle_since = 0.0
 
 
 class SQLiteBus(Bus):
@@ -99,6 +103,7 @@ class SQLiteBus(Bus):
         self._consumers: dict[tuple[str, str], _Consumer] = {}
         self._closed = False
         self._checkpointer = sqlitefile.Checkpointer(self.path)
+        self._wal_path = Path(str(self.path) + "-wal")
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -341,22 +346,42 @@ class SQLiteBus(Bus):
     ) -> list[Delivery]:
         consumer = self._consumer(topic, group)
         deadline = time.monotonic() + timeout
-        last_lease = 0.0
         async with consumer.lock:
             while True:
                 now = time.monotonic()
-                if now >= consumer.not_before:
-                    lease_due = now - last_lease > LEASE_SECONDS / 3
+                lease_due = now - consumer.last_lease > LEASE_SECONDS / 3
+                signature = self._signature()
+                # Nothing was committed to the file since the last empty look: skip the
+                # query (and its thread hop), but look anyway now and then.
+                unchanged = (signature == consumer.idle_signature
+                             and now - consumer.idle_since < IDLE_RECHECK_SECONDS)
+                if now >= consumer.not_before and (lease_due or not unchanged):
                     out = await asyncio.to_thread(
                         self._fetch_sync, topic, group, max_messages, consumer, lease_due
                     )
                     if lease_due and out is not None:
-                        last_lease = now
+                        consumer.last_lease = now
                     if out:
+                        consumer.idle_signature = None
                         return out
+                    if not unchanged:
+                        consumer.idle_signature = signature
+                        consumer.idle_since = now
                 if time.monotonic() >= deadline or self._closed:
                     return []
                 await asyncio.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
+
+    def _signature(self) -> tuple[int, ...]:
+        """Changes whenever any connection commits to the log file (WAL mode)."""
+        out: list[int] = []
+        for path in (self._wal_path, self.path):
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                out += [0, 0]
+            else:
+                out += [st.st_mtime_ns, st.st_size]
+        return tuple(out)
 
     def _ack_sync(self, deliveries: Sequence[Delivery]) -> None:
         now = time.time()
@@ -406,6 +431,7 @@ class SQLiteBus(Bus):
                 consumer.cursor = min(consumer.cursor, d.seq - 1)
             consumer.outstanding.pop(d.seq, None)
             consumer.not_before = time.monotonic() + delay
+            consumer.idle_signature = None
 
     def _dead_letter_sync(self, delivery: Delivery, error: str) -> None:
         with self._read_lock:
@@ -502,6 +528,7 @@ class SQLiteBus(Bus):
             if consumer is not None:
                 consumer.cursor = None
                 consumer.outstanding.clear()
+                consumer.idle_signature = None
 
         await asyncio.to_thread(rewind)
 
