@@ -183,6 +183,10 @@ class StoreTx(abc.ABC):
 class Store(abc.ABC):
     """The profile store. Reads are safe from any thread."""
 
+    fast_local_reads: bool = False
+    """True when a read is a local call of well under a millisecond (an embedded file):
+    the API then reads inline instead of hopping to a thread."""
+
     def migrate(self) -> None:  # noqa: B027 - optional hook
         """Create or upgrade the schema. Idempotent."""
 

@@ -286,6 +286,7 @@ class SQLiteTx(StoreTx):
 
 
 class SQLiteStore(Store):
+    fast_local_reads = True
     def __init__(self, path: Path | str, synchronous: str | None = None) -> None:
         self.path = Path(path)
         self.synchronous = synchronous or os.environ.get("TESSERA_SQLITE_SYNCHRONOUS", "FULL")
