@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import random
 import time
@@ -31,6 +32,7 @@ from tessera.activation.model import Limits, RetryPolicy, SubscriptionConfig
 from tessera.activation.shapes import shape
 from tessera.activation.state import ActivationState
 from tessera.bus.base import Bus, BusUnavailable, Delivery
+from tessera.catalog.resolver import ResolveError, Resolver
 from tessera.events.envelope import Event
 from tessera.processing.profiles import decode
 from tessera.store.base import Store
@@ -166,8 +168,10 @@ class SubscriptionRunner:
         max_in_flight: int = 1000,
         batch_size: int = 200,
         rng: random.Random | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         self.sub = subscription
+        self.resolver = resolver
         self.name = subscription.name
         self.group = group_name(subscription.name)
         self.bus = bus
@@ -252,6 +256,15 @@ class SubscriptionRunner:
                     await self.bus.nack(fresh, 1.0)
                     await self._sleep(1.0)
 
+    async def _fatten(self, event: Event) -> Event:
+        """A notification event with the entity fetched from its owner (claim check),
+        when the catalog declares a resolver for its type; other events unchanged."""
+        assert self.resolver is not None
+        fat = await self.resolver.fatten(event.to_cloudevent())
+        if fat.get("data") is event.data:
+            return event
+        return dataclasses.replace(event, data=fat["data"])
+
     async def _admit(self, topic: str, deliveries: list[Delivery]) -> None:
         candidates: list[tuple[Delivery, Event]] = []
         for d in deliveries:
@@ -262,6 +275,13 @@ class SubscriptionRunner:
                 self.stats.dead_lettered += 1
                 continue
             if matches_envelope(self.sub.filter, event):
+                if self.resolver is not None and self.sub.shape == "fat":
+                    try:
+                        event = await self._fatten(event)
+                    except ResolveError as exc:
+                        await self.bus.dead_letter(d, f"claim check failed: {exc}")
+                        self.stats.dead_lettered += 1
+                        continue
                 candidates.append((d, event))
             else:
                 self.acks.append(d)

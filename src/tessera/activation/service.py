@@ -28,6 +28,8 @@ from tessera.activation.model import (
 )
 from tessera.activation.state import FILE_NAME, ActivationState, SubscriptionState
 from tessera.bus.base import Bus
+from tessera.catalog.registry import Catalog
+from tessera.catalog.resolver import Resolver
 from tessera.config import TesseraConfig
 from tessera.journeys.engine import JourneyEngine, action_subscriptions
 from tessera.journeys.state import JourneyState, SQLiteJourneyState
@@ -101,6 +103,12 @@ class ActivationService:
             self.journey_state = journey_state or SQLiteJourneyState(self.data_dir / FILE_NAME)
             self.engine = JourneyEngine(config.journeys, bus, store, self.journey_state,
                                         self.profiles, tick=tick)
+        # fat delivery of notification events: the catalog's claim-check resolvers
+        self.resolver: Resolver | None = None
+        if config.catalog is not None:
+            catalog = Catalog(config.catalog)
+            if any(spec.resolver is not None for spec in catalog.events):
+                self.resolver = Resolver(catalog)
         self.running: dict[str, Running] = {}
         self.errors: dict[str, str] = {}
         self._shared: dict[str, tuple[Sender, Limiter]] = {}
@@ -147,6 +155,8 @@ class ActivationService:
         for sender, _ in self._shared.values():
             await sender.close()
         self._shared.clear()
+        if self.resolver is not None:
+            await self.resolver.aclose()
 
     # -- subscriptions ----------------------------------------------------------------
 
@@ -208,7 +218,7 @@ class ActivationService:
             limiter = Limiter(destination)
         runner = SubscriptionRunner(sub, bus=self.bus, profiles=self.profiles, state=self.state,
                                     sender=sender, limiter=limiter,
-                                    max_in_flight=self.max_in_flight)
+                                    max_in_flight=self.max_in_flight, resolver=self.resolver)
         runner.paused = state.paused
         task = asyncio.create_task(runner.run(), name=f"subscription {sub.name}")
         self.running[sub.name] = Running(sub, state.created_at, runner, task, own)
