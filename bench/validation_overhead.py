@@ -28,6 +28,7 @@ import orjson
 
 from tessera.api.app import create_app
 from tessera.catalog.gate import Gate
+from tessera.cli import configure_logging
 from tessera.config import TesseraConfig, default_config, parse_config
 from tessera.events import cloudevents
 from tessera.identity.extract import IdentifierExtractor
@@ -126,6 +127,7 @@ def gate_cost(config: TesseraConfig, events: int = 20_000) -> float:
 
 
 def main() -> None:
+    configure_logging("warning")  # as `tessera serve` runs: no line per request
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
