@@ -20,7 +20,8 @@
       var items = JSON.parse(message.data);
       var empty = body.querySelector("tr.empty");
       if (empty) empty.remove();
-      for (var i = items.length - 1; i >= 0; i--) {
+      // items come oldest first: putting each on top leaves the newest there
+      for (var i = 0; i < items.length; i++) {
         var item = items[i];
         var tr = document.createElement("tr");
         if (item.more) {
