@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -18,13 +19,12 @@ from tessera.api.body import parse_json, read_body
 from tessera.api.errors import ApiError, json_response
 from tessera.bus.base import BusUnavailable, Message
 from tessera.catalog.gate import admit
-from tessera.events import cloudevents, segment
+from tessera.events import EVENTS_TOPIC, cloudevents, segment
 from tessera.events.envelope import Event
 from tessera.events.errors import FieldError, InvalidEvents
 from tessera.observability.metrics import record_ingest
 from tessera.runtime import Runtime
 
-EVENTS_TOPIC = "events"
 MAX_CLOUDEVENTS_BODY = 5 * 1024 * 1024
 MAX_CLOUDEVENT_BYTES = 256 * 1024
 MAX_BATCH_EVENTS = 5_000
@@ -160,7 +160,7 @@ async def _segment(request: Request, call: str | None) -> Response:
     errors: list[FieldError] = []
     for index, msg in enumerate(messages):
         position = index if indexed else None
-        if isinstance(msg, dict) and len(_dumps(msg)) > segment.MAX_EVENT_BYTES:
+        if isinstance(msg, dict) and len(orjson.dumps(msg)) > segment.MAX_EVENT_BYTES:
             errors.append(
                 FieldError("(message)", f"is larger than {segment.MAX_EVENT_BYTES} bytes", position)
             )
@@ -187,12 +187,6 @@ async def _segment(request: Request, call: str | None) -> Response:
                        "invalid; nothing accepted", exc.errors) from None
     stored, duplicates = await publish(runtime, events)
     return json_response({"success": True, "accepted": stored, "duplicates": duplicates, **held})
-
-
-def _dumps(msg: dict[str, Any]) -> bytes:
-    import orjson
-
-    return orjson.dumps(msg)
 
 
 @router.post("/v1/batch", summary="Segment-spec batch")

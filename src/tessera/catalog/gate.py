@@ -28,6 +28,7 @@ from tessera.catalog.model import UnknownTypes, ValidationMode
 from tessera.catalog.registry import Catalog
 from tessera.catalog.schemas import Problem
 from tessera.catalog.violations import Outcome, ViolationLog, open_log
+from tessera.events import EVENTS_TOPIC
 from tessera.events.envelope import Event
 from tessera.events.errors import FieldError, InvalidEvents
 
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from tessera.runtime import Runtime
 
 QUARANTINE_TOPIC = "quarantine"
-EVENTS_TOPIC = "events"
 _ATTR = "_tessera_catalog_gate"
 
 

@@ -38,6 +38,7 @@ from tessera.activation.expr import (
 )
 from tessera.activation.model import Filter, SubscriptionConfig
 from tessera.bus.base import Bus, BusUnavailable, Delivery, Message
+from tessera.events import DERIVED_TOPIC, EVENTS_TOPIC
 from tessera.events.envelope import Event
 from tessera.journeys.model import END, JourneyConfig, Step
 from tessera.journeys.state import Instance, JourneyState, JourneyTx
@@ -47,7 +48,7 @@ from tessera.store.base import Store
 log = structlog.get_logger("tessera.journeys")
 
 GROUP = "journeys"
-TOPICS = ("events", "derived")
+TOPICS = (EVENTS_TOPIC, DERIVED_TOPIC)
 SOURCE = "tessera/journeys"
 ACTION_TYPE = "tessera.journey.action"
 MAX_TRANSITIONS = 100
@@ -326,7 +327,7 @@ class JourneyEngine:
             extensions={"tesserajourney": journey.name, "tesserastep": step.id,
                         "tesserainstance": inst.id},
         )
-        tx.add_outbox("derived", event.uid, inst.profile_id, event.to_json())
+        tx.add_outbox(DERIVED_TOPIC, event.uid, inst.profile_id, event.to_json())
         self.stats.actions += 1
 
     def _leave(self, tx: JourneyTx, journey: JourneyConfig, inst: Instance, how: str,

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tessera.config import TesseraConfig
+from tessera.events import DERIVED_TOPIC
 from tessera.events.envelope import Event, event_uid, iso_time
 from tessera.identity.resolver import IdentityResolver
 from tessera.profiles.survivorship import Survivorship
 from tessera.profiles.traits import TraitExtractor
 from tessera.store.base import Conflict, Identifier, Store, StoreTx, TimelineEntry, Trait
 
-DERIVED_TOPIC = "derived"
 DERIVED_SOURCE = "tessera/profiles"
 MAX_LOCK_ROUNDS = 8
 

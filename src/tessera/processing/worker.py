@@ -26,12 +26,12 @@ import structlog
 
 from tessera.bus.base import Bus, BusUnavailable, Delivery, Message
 from tessera.config import ProcessorConfig
+from tessera.events import EVENTS_TOPIC
 from tessera.events.envelope import Event
 from tessera.observability import metrics, tracing
 from tessera.processing.profiles import BatchResult, ProfileProcessor, decode
 from tessera.store.base import Store, StoreUnavailable
 
-EVENTS_TOPIC = "events"
 PROFILES_GROUP = "profiles"
 
 log = structlog.get_logger("tessera.worker")
@@ -103,7 +103,7 @@ class Worker:
 
     async def run(self, idle_timeout: float = 0.25) -> None:
         log.info("worker.started", group=self.group, topic=self.topic)
-        await relay_outbox(self.store, self.bus)
+        await self._relay()
         while not self._stop.is_set():
             try:
                 await self.step(idle_timeout)
@@ -149,7 +149,7 @@ class Worker:
             log.warning("worker.batch_failed", size=len(events), error=describe(exc))
             await self._one_by_one(good, events)
             return len(deliveries)
-        await relay_outbox(self.store, self.bus)
+        await self._relay()
         await self.bus.ack(good)
         return len(deliveries)
 
@@ -175,7 +175,7 @@ class Worker:
                     raise
                 error = describe(exc)
                 if delivery.attempts >= self.config.max_attempts:
-                    await relay_outbox(self.store, self.bus)
+                    await self._relay()
                     await self._dead_letter(delivery, error)
                     continue
                 # keep order: this one and everything after it come again later
@@ -190,11 +190,14 @@ class Worker:
                     error=error,
                     retry_in=delay,
                 )
-                await relay_outbox(self.store, self.bus)
+                await self._relay()
                 await self.bus.nack(deliveries[index:], delay)
                 return
-            await relay_outbox(self.store, self.bus)
+            await self._relay()
             await self.bus.ack([delivery])
+
+    async def _relay(self) -> None:
+        self.stats.relayed += await relay_outbox(self.store, self.bus)
 
     async def _dead_letter(self, delivery: Delivery, error: str) -> None:
         log.error(
@@ -208,6 +211,3 @@ class Worker:
         metrics.record_outcome(self.group, "dead_lettered")
         await self.bus.dead_letter(delivery, error)
 
-
-def now() -> float:
-    return time.time()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -467,6 +466,3 @@ class SQLiteStore(Store):
             conn.close()
             self._local.conn = None
 
-
-def now() -> float:
-    return time.time()
