@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from tessera.api.app import create_app
 from tessera.config import TesseraConfig, default_config
 from tessera.runtime import Runtime
 from tests.api.helpers import Api, LiveServer
+from tests.processes import app_in_thread
 
 DEMO_CONFIG = default_config()  # immutable; parsed once
 
@@ -59,34 +56,11 @@ def api_with(tmp_path: Path) -> Callable[[TesseraConfig], AbstractAsyncContextMa
     return build
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A real uvicorn server on a free port, in a background thread, without the worker."""
     config = DEMO_CONFIG
     data = tmp_path_factory.mktemp("live") / "data"
     runtime = Runtime(config, data)
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(runtime), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.01)
-    try:
-        yield LiveServer(f"http://127.0.0.1:{port}", data, config)
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with app_in_thread(create_app(runtime)) as url:
+        yield LiveServer(url, data, config)

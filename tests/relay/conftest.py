@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import socket
 import sqlite3
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +10,11 @@ from typing import Any
 
 import orjson
 import pytest
-import uvicorn
 
 from tessera.api.app import create_app
 from tessera.config import TesseraConfig, parse_config
 from tessera.runtime import Runtime
+from tests.processes import app_in_thread
 from tests.relay.pgcluster import shared_logical_cluster
 
 RELAY_CONFIG = {
@@ -46,29 +43,10 @@ class Server:
             conn.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def serve(config: TesseraConfig, data: Path) -> Iterator[Server]:
     runtime = Runtime(config, data)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(runtime), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.01)
-    try:
-        yield Server(f"http://127.0.0.1:{port}", data, config)
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with app_in_thread(create_app(runtime)) as url:
+        yield Server(url, data, config)
 
 
 @pytest.fixture
