@@ -48,6 +48,8 @@ from benchlib import (
 )
 from psycopg import sql
 
+from tessera.bus.nats import delete_streams
+
 TARGET_2_WORKERS = 5_000
 WORKERS = (1, 2, 4)
 
@@ -92,20 +94,6 @@ async def nats_lag(bus_url: str) -> int:
         return await bus.lag("events", "profiles")
     finally:
         await bus.close()
-
-
-async def delete_streams(server: str, prefix: str) -> None:
-    import nats
-
-    nc = await nats.connect(server, connect_timeout=2, max_reconnect_attempts=0)
-    try:
-        js = nc.jetstream()
-        for info in await js.streams_info():
-            name = info.config.name or ""
-            if name.startswith((prefix, f"KV_{prefix}")):
-                await js.delete_stream(name)
-    finally:
-        await nc.close()
 
 
 def children_cpu() -> float:

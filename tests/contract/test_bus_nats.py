@@ -19,12 +19,19 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 
 from tessera.bus import open_bus
 from tessera.bus.base import Bus, BusUnavailable, Delivery, Message
-from tessera.bus.nats import NatsBus, header_text, header_value, parse_url, partition_of, token
+from tessera.bus.nats import (
+    NatsBus,
+    delete_streams,
+    header_text,
+    header_value,
+    parse_url,
+    partition_of,
+    token,
+)
 from tests.contract.bus_contract import BusContract, msg, unique
 from tests.services import require_nats
 
@@ -34,18 +41,6 @@ pytestmark = pytest.mark.services
 def prefixes(tmp_path: Path) -> tuple[str, str]:
     digest = hashlib.sha1(str(tmp_path).encode()).hexdigest()[:12]
     return f"TT{digest}", f"tt{digest}"
-
-
-async def delete_streams(url: str, stream_prefix: str) -> None:
-    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0)
-    try:
-        js = nc.jetstream()
-        for info in await js.streams_info():
-            name = info.config.name or ""
-            if name.startswith((stream_prefix, f"KV_{stream_prefix}")):
-                await js.delete_stream(name)
-    finally:
-        await nc.close()
 
 
 class TestNatsBus(BusContract):

@@ -23,11 +23,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import nats
 import psycopg
 import pytest
 from psycopg import sql
 
+from tessera.bus.nats import delete_streams as nats_delete_streams
 from tests.processes import free_port
 from tests.services import require_nats, require_postgres
 
@@ -83,21 +83,9 @@ def shared_nats_url(prefix: str, **options: object) -> str:
     return f"{require_nats()}?{query}"
 
 
-async def _delete_streams(server: str, stream_prefix: str) -> None:
-    nc = await nats.connect(server, connect_timeout=2, max_reconnect_attempts=0)
-    try:
-        js = nc.jetstream()
-        for info in await js.streams_info():
-            name = info.config.name or ""
-            if name.startswith((stream_prefix, f"KV_{stream_prefix}")):
-                await js.delete_stream(name)
-    finally:
-        await nc.close()
-
-
 def delete_streams(server: str, stream_prefix: str) -> None:
     with contextlib.suppress(Exception):
-        asyncio.run(asyncio.wait_for(_delete_streams(server, stream_prefix), 20))
+        asyncio.run(asyncio.wait_for(nats_delete_streams(server, stream_prefix), 20))
 
 
 def drop_schema(url: str, schema: str) -> None:

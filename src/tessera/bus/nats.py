@@ -153,6 +153,20 @@ _TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01
 _HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
 
+async def delete_streams(url: str, stream_prefix: str) -> None:
+    """Delete every stream of one Tessera instance (its topics, dead letters and lease
+    buckets, all named with ``stream_prefix``): for tests, benchmarks and decommissioning."""
+    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0)
+    try:
+        js = nc.jetstream()
+        for info in await js.streams_info():
+            name = info.config.name or ""
+            if name.startswith((stream_prefix, f"KV_{stream_prefix}")):
+                await js.delete_stream(name)
+    finally:
+        await nc.close()
+
+
 def token(name: str) -> str:
     """A topic or group name as one subject token, also valid in stream and consumer names.
 
