@@ -229,3 +229,12 @@ class StoreContract:
         new = store.get_profile(c)
         assert new is not None and new.event_count == 1
         assert store.counts()["profiles"] == 3
+
+    def test_iter_profile_ids_lists_live_profiles_in_order(self, store: Store) -> None:
+        a, b, c = sorted(pid() for _ in range(3))
+        with store.transaction() as tx:
+            for p in (a, b, c):
+                tx.create_profile(p, 1.0)
+        with store.transaction() as tx:
+            tx.merge(a, [b], "e1", 2.0, "deterministic")
+        assert list(store.iter_profile_ids()) == [a, c]

@@ -231,12 +231,6 @@ class SQLiteBus(Bus):
         self._queue.put((topic, messages, fut))
         return await asyncio.wrap_future(fut)
 
-    def publish_sync(self, topic: str, messages: Sequence[Message]) -> list[bool]:
-        """Publish from a non-async thread (the processor's outbox relay uses it)."""
-        fut: Future[list[bool]] = Future()
-        self._queue.put((topic, messages, fut))
-        return fut.result()
-
     # -- consuming ----------------------------------------------------------
 
     def _consumer(self, topic: str, group: str) -> _Consumer:

@@ -224,8 +224,9 @@ class Store(abc.ABC):
         The event log is the truth: replaying it from the beginning re-derives them.
         """
 
+    @abc.abstractmethod
     def iter_profile_ids(self) -> Iterator[str]:
-        raise NotImplementedError
+        """Every live (not merged-away) profile id, in id order."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
