@@ -146,23 +146,7 @@ async def resume_subscription(name: str, request: Request) -> Response:
 @router.get("/v1/journeys", summary="Journeys with their counts per step")
 async def list_journeys(request: Request) -> Response:
     runtime = _runtime(request)
-    from tessera.journeys.state import SQLiteJourneyState
+    from tessera.journeys.report import counts_in
 
-    metrics = []
-    if runtime.config.journeys:
-        state = SQLiteJourneyState(runtime.data_dir / FILE_NAME)
-        try:
-            metrics = await asyncio.to_thread(state.metrics)
-        finally:
-            state.close()
-    by_journey: dict[str, dict[str, Any]] = {}
-    for j in runtime.config.journeys:
-        by_journey[j.name] = {"name": j.name, "steps": {
-            s: {"entered": 0, "waiting": 0, "completed": 0, "exited": 0}
-            for s in ["*", *(step.id for step in j.steps)]}}
-    for m in metrics:
-        if m.journey in by_journey:
-            by_journey[m.journey]["steps"][m.step] = {
-                "entered": m.entered, "waiting": m.waiting, "completed": m.completed,
-                "exited": m.exited}
-    return json_response({"journeys": list(by_journey.values())})
+    journeys = await asyncio.to_thread(counts_in, runtime.config.journeys, runtime.data_dir)
+    return json_response({"journeys": journeys})

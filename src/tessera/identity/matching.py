@@ -122,6 +122,14 @@ def load_profiles(store: Store, settings: MatchSettings, chunk: int = 5000
     return rows, identifiers
 
 
+def compared_value(trait: Trait | None, column: str,
+                   settings: MatchSettings = DEFAULT_SETTINGS) -> str | None:
+    """The value matching compares in ``column`` (lower-cased; phone tails cut), so that a
+    reviewer sees which fields of a candidate pair agree as the scoring saw them."""
+    spec = settings.columns[column]
+    return _value(trait, spec.compare, column)
+
+
 def _value(trait: Trait | None, compare: str, name: str) -> str | None:
     if trait is None or trait.value is None or isinstance(trait.value, dict | list):
         return None
