@@ -39,6 +39,13 @@ app.add_typer(_catalog_app, name="catalog")
 from tessera.relay.cli import relay_app as _relay_app  # noqa: E402
 
 app.add_typer(_relay_app, name="relay")
+from tessera.privacy.cli import audit_app as _audit_app  # noqa: E402
+from tessera.privacy.cli import keys_app as _keys_app  # noqa: E402
+from tessera.privacy.cli import privacy_app as _privacy_app  # noqa: E402
+
+app.add_typer(_keys_app, name="keys")
+app.add_typer(_privacy_app, name="privacy")
+app.add_typer(_audit_app, name="audit")
 
 console = Console()
 err = Console(stderr=True)

@@ -143,6 +143,29 @@ class ProcessorConfig(Strict):
     retry_backoff_seconds: float = Field(default=0.2, ge=0)
 
 
+class RateLimitConfig(Strict):
+    """A token bucket per key: ``requests_per_second`` sustained, bursts up to ``burst``."""
+
+    requests_per_second: float = Field(gt=0)
+    burst: int | None = Field(default=None, ge=1)
+    """Default: one second's worth of requests."""
+
+
+class PrivacyConfig(Strict):
+    """Trust and privacy: data subject requests, suppression, key lookups, rate limits."""
+
+    erasure: Literal["delete", "anonymize"] = "delete"
+    """``delete`` removes the person; ``anonymize`` keeps a profile with no identifiers, no
+    traits and timeline entries without their data (counts stay right)."""
+    suppression: Literal["drop", "anonymize"] = "drop"
+    """A late event carrying an erased identifier: ``drop`` it, or keep it with the erased
+    identifiers (and catalog-declared personal fields) removed."""
+    key_cache_seconds: float = Field(default=2.0, ge=0, le=60)
+    """How long an API process trusts what it read about a managed key (revocation delay)."""
+    rate_limit: RateLimitConfig | None = None
+    """Per-key request rate limit for keys without their own; none: unlimited."""
+
+
 class TesseraConfig(Strict):
     sources: list[SourceConfig] = Field(default_factory=list)
     api_keys: list[ApiKeyConfig] = Field(default_factory=list)
@@ -157,6 +180,7 @@ class TesseraConfig(Strict):
     journeys: list[JourneyConfig] = Field(default_factory=list)
     catalog: CatalogConfig | None = None
     """The event catalog (also read from ``catalog/*.yaml`` beside the file); none: no checks."""
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     @model_validator(mode="after")
     def _unique_keys(self) -> TesseraConfig:

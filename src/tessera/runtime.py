@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tessera.bus import Bus, open_bus
 from tessera.config import TesseraConfig
@@ -12,6 +14,10 @@ from tessera.identity.extract import IdentifierExtractor
 from tessera.processing.profiles import ProfileProcessor
 from tessera.processing.worker import Worker
 from tessera.store import Store, open_store
+
+if TYPE_CHECKING:
+    from tessera.privacy.principals import Principals
+    from tessera.privacy.records import TrustRecords
 
 
 class Runtime:
@@ -55,6 +61,22 @@ class Runtime:
         self._started = False
         await self.bus.close()
         self.store.close()
+        if "records" in self.__dict__:
+            self.records.close()
+
+    @functools.cached_property
+    def records(self) -> TrustRecords:
+        """Managed keys, the suppression list and the audit log (beside the profiles)."""
+        from tessera.privacy.records import open_records
+
+        return open_records(self.store_url, self.data_dir)
+
+    @functools.cached_property
+    def principals(self) -> Principals:
+        """Who holds a key, and their rate limits (see :mod:`tessera.privacy.principals`)."""
+        from tessera.privacy.principals import Principals
+
+        return Principals(self.config.privacy, self.write_keys, self.api_keys, self.records)
 
     def worker(self) -> Worker:
         return Worker(self.bus, self.store, self.processor, self.config.processor)

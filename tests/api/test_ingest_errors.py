@@ -142,11 +142,10 @@ async def test_segment_batch_field_is_required(api: Api) -> None:
         {},
         bearer("wk_unknown_1"),
         basic("wk_unknown_1"),
-        bearer(READ_KEY),  # a read key cannot write
         {"Authorization": "Token wk_web_123"},
         {"Authorization": "Basic %%%not-base64"},
     ],
-    ids=["missing", "unknown-bearer", "unknown-basic", "read-key", "other-scheme", "bad-basic"],
+    ids=["missing", "unknown-bearer", "unknown-basic", "other-scheme", "bad-basic"],
 )
 async def test_cloudevents_without_a_valid_write_key_is_401(
     api: Api, headers: dict[str, str]
@@ -158,6 +157,17 @@ async def test_cloudevents_without_a_valid_write_key_is_401(
     )
     assert response.status_code == 401
     assert response.json()["error"] == "unauthorized"
+    assert await api.bus_count() == 0
+
+
+async def test_a_read_key_cannot_ingest_it_is_403(api: Api) -> None:
+    response = await api.client.post(
+        "/v1/events",
+        headers={"Content-Type": "application/cloudevents+json", **bearer(READ_KEY)},
+        content=orjson.dumps(ce()),
+    )
+    assert response.status_code == 403
+    assert response.json()["error"] == "forbidden"
     assert await api.bus_count() == 0
 
 

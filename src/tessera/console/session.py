@@ -60,14 +60,12 @@ class Sessions:
         self.serializer = URLSafeTimedSerializer(self.secret, salt="tessera-console")
 
     def admin_digests(self) -> set[str]:
-        return {key_digest(k) for k, scopes in self.runtime.api_keys.items() if "admin" in scopes}
+        # configured and managed (``tessera keys``) admin keys: revoking one ends its sessions
+        return self.runtime.principals.admin_digests()
 
     def is_admin_key(self, key: str) -> bool:
-        scopes = None
-        for known, value in self.runtime.api_keys.items():
-            if hmac.compare_digest(known.encode(), key.encode()):
-                scopes = value
-        return scopes is not None and "admin" in scopes
+        principal = self.runtime.principals.identify(key)
+        return principal is not None and principal.allows("admin")
 
     def issue(self, key: str) -> str:
         return self.serializer.dumps({"k": key_digest(key)})

@@ -1,0 +1,173 @@
+"""``tessera keys``, ``tessera privacy`` and ``tessera audit``.
+
+Keys created here are stored hashed in the trust records every API process
+reads, so they work, and stop working when revoked, without a restart. The
+token is printed once; only its first characters are kept to tell keys apart.
+Every change is written to the audit log with the actor ``cli``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tessera.privacy import keys as managed
+from tessera.privacy.records.base import AuditEntry, KeyKind
+
+console = Console()
+err = Console(stderr=True)
+
+keys_app = typer.Typer(help="API and write keys: create, list, rotate, revoke (no restart).",
+                       no_args_is_help=True)
+audit_app = typer.Typer(help="The audit log of admin actions and privacy requests.",
+                        no_args_is_help=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", help="tessera.yaml (default: $TESSERA_CONFIG, else the demo settings)",
+    show_default=False)]
+DataDirOpt = Annotated[Path | None, typer.Option(
+    "--data-dir", help="Where the embedded files live (default: $TESSERA_DATA_DIR or ./.tessera)",
+    show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _runtime(config: Path | None, data: Path | None) -> Any:
+    from tessera.cli import _runtime as build
+
+    return build(config, data)
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"error: {message}", markup=False, highlight=False)
+    return typer.Exit(1)
+
+
+def _audit(runtime: Any, action: str, target: str, **details: Any) -> None:
+    runtime.records.audit(AuditEntry(action=action, actor="cli", at=time.time(), target=target,
+                                     details=details))
+
+
+@keys_app.command("create")
+def keys_create(
+    kind: Annotated[str, typer.Argument(help="write (ingest for one source) or api (scoped)")],
+    source: Annotated[str | None, typer.Option(help="The source a write key ingests for")] = None,
+    scope: Annotated[list[str] | None, typer.Option(
+        "--scope", help="profiles:read, segments:read, decisions:read or admin (repeatable)")
+    ] = None,
+    name: Annotated[str, typer.Option(help="A label to recognize the key by")] = "",
+    rate: Annotated[float | None, typer.Option(
+        help="Requests per second this key may make (default: privacy.rate_limit)")] = None,
+    config: ConfigOpt = None, data_dir_: DataDirOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Create a key and print it once: it is stored only as a digest."""
+    if kind not in ("write", "api"):
+        raise _fail(f"kind must be 'write' or 'api', not {kind!r}")
+    runtime = _runtime(config, data_dir_)
+    if source is not None and source not in {s.name for s in runtime.config.sources}:
+        raise _fail(f"no source {source!r} in the configuration")
+    key_kind: KeyKind = "write" if kind == "write" else "api"
+    try:
+        token, record = managed.create(runtime.records, key_kind, source=source,
+                                       scopes=scope or (), name=name, rate_per_second=rate)
+    except managed.KeyError_ as exc:
+        raise _fail(str(exc)) from None
+    _audit(runtime, "keys.create", record.id, kind=record.kind, scopes=sorted(record.scopes),
+           source=record.source)
+    _print_created(token, record, as_json)
+
+
+def _print_created(token: str, record: Any, as_json: bool) -> None:
+    if as_json:
+        console.print_json(orjson.dumps({"key": token, **managed.describe(record)}).decode())
+        return
+    console.print(f"id:     {record.id}")
+    console.print(f"key:    {token}", markup=False, highlight=False)
+    console.print("(shown once: only its digest is stored)")
+
+
+@keys_app.command("list")
+def keys_list(
+    all_: Annotated[bool, typer.Option("--all", help="Include revoked keys")] = False,
+    config: ConfigOpt = None, data_dir_: DataDirOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Managed keys (configured ones are in tessera.yaml), never their secret part."""
+    runtime = _runtime(config, data_dir_)
+    rows = [managed.describe(k) for k in runtime.records.list_keys(include_revoked=all_)]
+    if as_json:
+        console.print_json(orjson.dumps(rows).decode())
+        return
+    table = Table("id", "kind", "prefix", "source / scopes", "name", "created", "revoked")
+    for r in rows:
+        what = r["source"] if r["kind"] == "write" else " ".join(r["scopes"])  # type: ignore[arg-type]
+        table.add_row(str(r["id"]), str(r["kind"]), f"{r['prefix']}…", str(what), str(r["name"]),
+                      _when(r["created_at"]), _when(r["revoked_at"]))
+    console.print(table)
+
+
+def _when(ts: object) -> str:
+    if not isinstance(ts, int | float):
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ts))
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_...)")],
+    config: ConfigOpt = None, data_dir_: DataDirOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Replace a key by a new one with the same rights; the old one is revoked."""
+    runtime = _runtime(config, data_dir_)
+    try:
+        token, record = managed.rotate(runtime.records, key_id)
+    except managed.KeyError_ as exc:
+        raise _fail(str(exc)) from None
+    _audit(runtime, "keys.rotate", key_id, new_key=record.id)
+    _print_created(token, record, as_json)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_...)")],
+    config: ConfigOpt = None, data_dir_: DataDirOpt = None,
+) -> None:
+    """Revoke a key; API processes refuse it within privacy.key_cache_seconds."""
+    runtime = _runtime(config, data_dir_)
+    try:
+        managed.revoke(runtime.records, key_id)
+    except managed.KeyError_ as exc:
+        raise _fail(str(exc)) from None
+    _audit(runtime, "keys.revoke", key_id)
+    console.print(f"revoked {key_id}")
+
+
+@audit_app.command("list")
+def audit_list(
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    action: Annotated[str | None, typer.Option(help="Only actions starting with this")] = None,
+    config: ConfigOpt = None, data_dir_: DataDirOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """The newest entries first."""
+    runtime = _runtime(config, data_dir_)
+    entries = runtime.records.audit_entries(limit=limit, action=action)
+    if as_json:
+        console.print_json(orjson.dumps([entry_dict(e) for e in entries]).decode())
+        return
+    table = Table("id", "time", "action", "actor", "target", "outcome")
+    for e in entries:
+        table.add_row(str(e.id), _when(e.at), e.action, e.actor, e.target, e.outcome)
+    console.print(table)
+
+
+def entry_dict(entry: AuditEntry) -> dict[str, Any]:
+    return {"id": entry.id, "at": entry.at, "action": entry.action, "actor": entry.actor,
+            "target": entry.target, "outcome": entry.outcome, "details": entry.details}
+
+
+privacy_app = typer.Typer(help="Data subject requests: erase or export a person.",
+                          no_args_is_help=True)
