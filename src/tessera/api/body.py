@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import zlib
 
 import orjson
@@ -77,7 +79,19 @@ def _trailing_data(encoding: str) -> ApiError:
     return ApiError(400, "invalid_body", f"unexpected data after the end of the {encoding} stream")
 
 
+MAX_DEPTH = 64
+"""Deeper documents are refused: nothing Tessera accepts nests this deep, and recursive
+code further on (traits, conditions, schemas) must never meet Python's recursion limit."""
+MAX_INTEGER = 2**63
+"""Numbers at or past this magnitude are refused: they do not survive a round trip
+through the stores (64-bit integers, doubles) without silently losing digits."""
+_KEY_BEFORE_SPACE = re.compile(rb'"\s+:')
+
+
 def parse_json(body: bytes) -> object:
+    """Strict JSON: one document, valid UTF-8 without lone surrogates, no duplicate keys,
+    at most ``MAX_DEPTH`` levels, no number of magnitude ``MAX_INTEGER`` or more, no
+    NaN or Infinity. Anything else is a 400 that says which rule and where."""
     if not body:
         raise ApiError(
             400,
@@ -86,11 +100,69 @@ def parse_json(body: bytes) -> object:
             [FieldError("(body)", "is empty")],
         )
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(
-            400,
-            "invalid_json",
-            f"the body is not valid JSON: {exc}",
-            [FieldError("(body)", f"not valid JSON: {exc}")],
-        ) from None
+        raise _invalid(f"not valid JSON: {exc}") from None
+    keys = _check(value)
+    if keys and _has_duplicate_keys(body, keys):
+        raise _invalid(f"duplicate key {_duplicate_key(body)!r} in one object")
+    return value
+
+
+def _invalid(reason: str) -> ApiError:
+    return ApiError(400, "invalid_json", f"the body is {reason}"
+                    if reason.startswith("not") else f"the body is not accepted: {reason}",
+                    [FieldError("(body)", reason)])
+
+
+def _check(value: object) -> int:
+    """Walks the document (without recursion); the number of object keys in it."""
+    keys = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            if depth > MAX_DEPTH:
+                raise _invalid(f"nested deeper than {MAX_DEPTH} levels")
+            keys += len(item)
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list)
+                         or type(v) in (int, float))
+        elif isinstance(item, list):
+            if depth > MAX_DEPTH:
+                raise _invalid(f"nested deeper than {MAX_DEPTH} levels")
+            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list)
+                         or type(v) in (int, float))
+        elif type(item) in (int, float) and abs(item) >= MAX_INTEGER:  # type: ignore[arg-type]
+            raise _invalid(f"a number too large (magnitude 2^63 or more): {item!r}")
+    return keys
+
+
+def _has_duplicate_keys(body: bytes, keys: int) -> bool:
+    """True if an object of the text repeats a key (orjson silently keeps the last one).
+
+    Fast path: without escaped quotes, every key ends in ``"``, optional whitespace and
+    ``:``; a string value starting with ``:`` is the only other match and can only add to
+    the count. So a count equal to the parsed document's keys proves there is no
+    duplicate; any other count is settled by the standard library's parser."""
+    if b'\\"' not in body and (
+        body.count(b'":') + len(_KEY_BEFORE_SPACE.findall(body)) == keys
+    ):
+        return False
+    return _duplicate_key(body) is not None
+
+
+def _duplicate_key(body: bytes) -> str | None:
+    found: list[str] = []
+
+    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
+        out = dict(items)
+        if len(out) != len(items) and not found:
+            seen: set[str] = set()
+            found.extend(k for k, _ in items if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        return out
+
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return None
+    return found[0] if found else None
