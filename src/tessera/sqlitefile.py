@@ -67,3 +67,23 @@ class Checkpointer:
             conn.close()
         except sqlite3.Error:
             pass
+
+
+def truncate_wal(path: Path, attempts: int = 50) -> bool:
+    """Copy the WAL into the database and empty it, so that no old page version remains
+    in it (after an erasure). Readers that hold an old snapshot make it wait; True once
+    the WAL is empty."""
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout=200")
+        for _ in range(attempts):
+            try:
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.OperationalError:
+                busy = 1
+            if not busy:
+                return True
+            threading.Event().wait(0.05)
+        return False
+    finally:
+        conn.close()

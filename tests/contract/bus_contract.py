@@ -189,3 +189,21 @@ class BusContract:
         for n in range(4):
             mine = [int(p.split(b":")[1]) for p in got if p.startswith(f"user{n}:".encode())]
             assert mine == list(range(30))
+
+    async def test_erase_deletes_matching_messages_and_dead_letters(
+        self, bus: Bus, topic: str, group: str
+    ) -> None:
+        other = unique("topic")
+        await bus.publish(topic, [Message(f"m{n}", "k", f"{who}-{n}".encode())
+                                  for n, who in enumerate(["jane", "bob", "jane", "bob"])])
+        await bus.publish(other, [Message("o1", "k", b"jane-other"), Message("o2", "k", b"bob")])
+        first = await bus.fetch(topic, group, 1, 5.0)
+        assert [d.payload for d in first] == [b"jane-0"]
+        await bus.dead_letter(first[0], "poison")
+        removed = await bus.erase([topic], lambda payload: payload.startswith(b"jane"))
+        assert removed == 3  # two in the topic, one dead letter; the other topic is not asked
+        assert await bus.dead_letters(group) == []
+        rest = await self.fetch_all(bus, topic, group, 2)
+        assert rest == [b"bob-1", b"bob-3"]
+        assert await bus.lag(topic, group) == 0
+        assert sorted(await self.fetch_all(bus, other, group, 2)) == [b"bob", b"jane-other"]

@@ -238,3 +238,53 @@ class StoreContract:
         with store.transaction() as tx:
             tx.merge(a, [b], "e1", 2.0, "deterministic")
         assert list(store.iter_profile_ids()) == [a, c]
+
+    def _person_and_bystander(self, store: Store) -> tuple[str, str, str]:
+        """Jane (two profiles merged into one) and Bob, who shares nothing with her."""
+        jane, jane_old, bob = pid(), pid(), pid()
+        with store.transaction() as tx:
+            for p in (jane, jane_old, bob):
+                tx.create_profile(p, 1.0)
+            tx.link(jane, [("email", "jane@x.io")], "e1", 1.0, "web")
+            tx.link(jane_old, [("phone", "+15555550199")], "e2", 1.0, "app")
+            tx.link(bob, [("email", "bob@x.io")], "e3", 1.0, "web")
+            tx.append_timeline(jane, [entry("e1", 1.0)], 1.0)
+            tx.append_timeline(jane_old, [entry("e2", 2.0)], 1.0)
+            tx.append_timeline(bob, [entry("e3", 3.0)], 1.0)
+            tx.put_traits(jane, {"name": Trait("Jane Q", "web", 1.0)})
+            tx.put_traits(bob, {"name": Trait("Bob R", "web", 1.0)})
+        with store.transaction() as tx:
+            tx.merge(jane, [jane_old], "e4", 4.0, "deterministic")
+            tx.add_outbox([("derived", "d1", jane, b'{"profile_id":"' + jane.encode() + b'"}'),
+                           ("derived", "d2", bob, b'{"profile_id":"' + bob.encode() + b'"}')])
+        return jane, jane_old, bob
+
+    def test_erase_removes_the_whole_resolved_person_and_nobody_else(
+        self, store: Store
+    ) -> None:
+        jane, jane_old, bob = self._person_and_bystander(store)
+        erased = store.erase(jane)
+        assert sorted(erased.profile_ids) == sorted([jane, jane_old])
+        assert sorted(erased.identifiers) == [("email", "jane@x.io"), ("phone", "+15555550199")]
+        assert sorted(erased.event_uids) == ["e1", "e2"]
+        for ident in ("email:jane@x.io", "phone:+15555550199", jane, jane_old):
+            assert store.resolve(ident) is None, ident
+        assert store.get_profile(jane) is None
+        assert store.timeline(jane, 10) == []
+        assert [m.message_id for m in store.pending_outbox(10)] == ["d2"]
+        assert store.counts()["profiles"] == 1 and store.counts()["merges"] == 0
+        kept = store.get_profile(bob)
+        assert kept is not None and kept.traits["name"].value == "Bob R"
+        assert [e.event_uid for e in store.timeline(bob, 10)] == ["e3"]
+        assert store.erase(jane) == type(erased)([], [], [])
+        assert store.erase(jane_old).profile_ids == []
+
+    def test_erase_with_anonymize_keeps_counts_but_no_personal_data(self, store: Store) -> None:
+        jane, _, _ = self._person_and_bystander(store)
+        store.erase(jane, anonymize=True)
+        kept = store.get_profile(jane)
+        assert kept is not None
+        assert kept.identities == [] and kept.traits == {} and kept.event_count == 2
+        assert store.resolve("email:jane@x.io") is None
+        assert [(e.event_uid, e.type, e.event) for e in store.timeline(jane, 10)] == [
+            ("e2", "page", {}), ("e1", "page", {})]

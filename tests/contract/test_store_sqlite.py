@@ -8,3 +8,19 @@ from tests.contract.store_contract import StoreContract
 class TestSQLiteStore(StoreContract):
     def make_store(self, tmp_path: Path) -> Store:
         return SQLiteStore(tmp_path / "store.db")
+
+    def test_erased_values_are_gone_from_the_files(self, tmp_path: Path) -> None:
+        """secure_delete and the WAL truncation leave no byte of the person behind."""
+        store = self.make_store(tmp_path)
+        store.migrate()
+        try:
+            jane, _, _ = self._person_and_bystander(store)
+            assert store.get_profile(jane) is not None
+            store.erase(jane)
+            files = [p for p in tmp_path.rglob("*") if p.is_file()]
+            blob = b"".join(p.read_bytes() for p in files)
+            for needle in (b"jane@x.io", b"+15555550199", b"Jane Q", jane.encode()):
+                assert needle not in blob, needle
+            assert b"bob@x.io" in blob  # the scan does see what is still there
+        finally:
+            store.close()

@@ -11,7 +11,7 @@ messages behind it, and can be replayed after a fix.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +107,18 @@ class Bus(abc.ABC):
     @abc.abstractmethod
     async def reset(self, topic: str, group: str, from_time: float) -> None:
         """Rewind ``group`` so that it receives again every message appended since ``from_time``."""
+
+    async def erase(self, topics: Sequence[str], match: Callable[[bytes], bool]) -> int:
+        """Delete for good every message of ``topics``, and every dead letter of any topic,
+        whose payload ``match``es; how many went.
+
+        For data subject erasure: the bus keeps events for replay, so it holds
+        personal data too. Consumer positions are unaffected; a deleted message a
+        group had not reached yet is never delivered. It reads every retained
+        message, so it costs a scan of the log: it is meant for rare requests.
+        Backends overwrite the deleted bytes where their engine allows it.
+        """
+        raise NotImplementedError
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; pending publishes complete first."""

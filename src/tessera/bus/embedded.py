@@ -20,7 +20,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -525,6 +525,48 @@ class SQLiteBus(Bus):
                 consumer.idle_signature = None
 
         await asyncio.to_thread(rewind)
+
+    # -- erasure --------------------------------------------------------------
+
+    def _erase_sync(self, topics: Sequence[str], match: Callable[[bytes], bool]) -> int:
+        conn = connect(self.path, self.synchronous)
+        try:
+            # deleted rows and freed pages are overwritten with zeros, not just unlinked
+            conn.execute("PRAGMA secure_delete=ON")
+            doomed: list[int] = []
+            letters: list[int] = []
+            marks = ",".join("?" * len(topics))
+            last = 0
+            while topics:  # a page at a time: the log may be large
+                rows = conn.execute(
+                    f"SELECT seq, payload FROM log WHERE topic IN ({marks}) AND seq > ? "
+                    f"ORDER BY seq LIMIT 2000", [*topics, last]).fetchall()
+                if not rows:
+                    break
+                doomed += [seq for seq, payload in rows if match(payload)]
+                last = rows[-1][0]
+            letters = [i for i, payload in conn.execute("SELECT id, payload FROM dead_letters")
+                       if match(payload)]
+            if not doomed and not letters:
+                return 0
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for start in range(0, len(doomed), 500):
+                    chunk = doomed[start:start + 500]
+                    conn.execute(f"DELETE FROM log WHERE seq IN ({','.join('?' * len(chunk))})",
+                                 chunk)
+                conn.executemany("DELETE FROM dead_letters WHERE id=?", [(i,) for i in letters])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        finally:
+            conn.close()
+        sqlitefile.truncate_wal(self.path)  # the WAL still holds the pages as they were
+        return len(doomed) + len(letters)
+
+    async def erase(self, topics: Sequence[str], match: Callable[[bytes], bool]) -> int:
+        return await asyncio.to_thread(self._erase_sync, list(topics), match)
 
     # -- inspection ---------------------------------------------------------
 

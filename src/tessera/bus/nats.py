@@ -99,7 +99,7 @@ import math
 import time
 import uuid
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -1177,6 +1177,27 @@ class NatsBus(Bus):
             with contextlib.suppress(Exception):
                 await js.delete_consumer(stream, consumer.name)
         return out
+
+    async def erase(self, topics: Sequence[str], match: Callable[[bytes], bool]) -> int:
+        """JetStream cannot delete by content: read each stream (and the dead letters)
+        through a short-lived consumer, and delete the matching messages by sequence.
+        A plain delete asks the server to overwrite the message with random data
+        ("secure erase"), so its bytes do not stay in the stream's files."""
+        _, js = self._connected()
+        removed = 0
+        with unavailable("erase"):
+            streams = [await self._ensure_stream(t) for t in topics]
+            streams.append(await self._ensure_dlq())
+            letter_prefix = f"{self._dlq_root}.L."
+            for stream in streams:
+                for seq, subject, _, data in await self._read_all(stream):
+                    if stream == self._dlq_stream and not subject.startswith(letter_prefix):
+                        continue
+                    if match(data):
+                        with contextlib.suppress(nats.js.errors.NotFoundError):
+                            await js.delete_msg(stream, seq)
+                            removed += 1
+        return removed
 
     async def replay_dead_letter(self, dead_letter_id: int) -> bool:
         if dead_letter_id <= 0:

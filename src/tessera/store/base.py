@@ -82,6 +82,17 @@ class OutboxMessage:
     payload: bytes
 
 
+@dataclass(slots=True)
+class Erased:
+    """What :meth:`Store.erase` removed: enough to find the person elsewhere (bus, files)."""
+
+    profile_ids: list[str]
+    """The profile and every profile merged into it."""
+    identifiers: list[Identifier]
+    event_uids: list[str]
+    """The events of the person's timeline."""
+
+
 class StoreTx(abc.ABC):
     """One atomic unit of work. Nothing is visible to readers until it commits."""
 
@@ -227,6 +238,21 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def iter_profile_ids(self) -> Iterator[str]:
         """Every live (not merged-away) profile id, in id order."""
+
+    @abc.abstractmethod
+    def erase(self, profile_id: str, anonymize: bool = False) -> Erased:
+        """Remove one resolved person for good, in one transaction.
+
+        ``profile_id`` is a live profile. Its identity links, traits and the
+        outbox messages that name it or a profile merged into it go; so do, unless
+        ``anonymize``, its timeline, its merge records and the profile rows
+        themselves. With ``anonymize`` the profile row and timeline entries stay
+        (type, source, times: counts and trends stay right) but each entry's event
+        is replaced by an empty document. Backends overwrite the freed bytes where
+        their engine allows it (SQLite's ``secure_delete`` and a WAL truncation),
+        so that no copy of the person remains in the files. An unknown or
+        merged-away id erases nothing and returns empty lists.
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -52,6 +52,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from tessera.store.base import (
     Conflict,
+    Erased,
     Identifier,
     IdentityLink,
     MergeRecord,
@@ -1053,6 +1054,51 @@ class PostgresStore(Store):
             if len(page) < 1000:
                 return
             after = page[-1]
+
+
+    def erase(self, profile_id: str, anonymize: bool = False) -> Erased:
+        """One transaction holding the profile's row lock, as a processor's merge does.
+
+        PostgreSQL keeps deleted row versions in its data files until VACUUM
+        reuses their space, and in its write-ahead log until that is recycled;
+        this runs a plain VACUUM of the touched tables afterwards, which
+        prunes the dead versions from the pages (see docs/privacy.md for what
+        remains in the WAL and in backups).
+        """
+        with self._connection() as conn:
+            with conn.transaction():
+                live = conn.execute(
+                    "SELECT 1 FROM profiles WHERE id=%s AND merged_into IS NULL FOR UPDATE",
+                    [profile_id]).fetchone()
+                if live is None:
+                    return Erased([], [], [])
+                pids = [profile_id] + [r[0] for r in conn.execute(
+                    "SELECT id FROM profiles WHERE merged_into=%s ORDER BY id FOR UPDATE",
+                    [profile_id])]
+                identifiers: list[Identifier] = [(t, v) for t, v in conn.execute(
+                    "SELECT type, value FROM identities WHERE profile_id=%s ORDER BY type, value",
+                    [profile_id])]
+                uids = [r[0] for r in conn.execute(
+                    "SELECT event_uid FROM timeline WHERE profile_id=%s ORDER BY time, event_uid",
+                    [profile_id])]
+                conn.execute("DELETE FROM identities WHERE profile_id=%s", [profile_id])
+                conn.execute("DELETE FROM traits WHERE profile_id = ANY(%s)", [pids])
+                for pid in pids:
+                    conn.execute("DELETE FROM outbox WHERE key=%s OR position(%s in payload) > 0",
+                                 [pid, pid.encode()])
+                if anonymize:
+                    conn.execute("UPDATE timeline SET event=%s WHERE profile_id=%s",
+                                 [b"{}", profile_id])
+                else:
+                    conn.execute("DELETE FROM timeline WHERE profile_id=%s", [profile_id])
+                    conn.execute(
+                        "DELETE FROM merges WHERE into_id = ANY(%s) OR merged_id = ANY(%s)",
+                        [pids, pids])
+                    conn.execute("DELETE FROM profiles WHERE id = ANY(%s)", [pids])
+            if conn.autocommit:  # pooled connections are; VACUUM cannot run in a transaction
+                with suppress(psycopg.Error):
+                    conn.execute("VACUUM identities, traits, timeline, outbox, merges, profiles")
+        return Erased(pids, identifiers, uids)
 
 
 def migrate(url: str, **options: Any) -> list[int]:

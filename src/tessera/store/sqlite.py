@@ -18,6 +18,7 @@ import orjson
 
 from tessera import sqlitefile
 from tessera.store.base import (
+    Erased,
     Identifier,
     IdentityLink,
     MergeRecord,
@@ -458,6 +459,53 @@ class SQLiteStore(Store):
             "SELECT id FROM profiles WHERE merged_into IS NULL ORDER BY id"
         ):
             yield pid
+
+    def erase(self, profile_id: str, anonymize: bool = False) -> Erased:
+        with self._write_lock:
+            conn = self._conn()
+            # deleted rows and freed pages are overwritten with zeros, not just unlinked
+            conn.execute("PRAGMA secure_delete=ON")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                erased = self._erase(conn, profile_id, anonymize)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            finally:
+                conn.execute("PRAGMA secure_delete=OFF")
+        if erased.profile_ids:
+            sqlitefile.truncate_wal(self.path)  # the WAL still holds the pages as they were
+        return erased
+
+    @staticmethod
+    def _erase(conn: sqlite3.Connection, profile_id: str, anonymize: bool) -> Erased:
+        live = conn.execute("SELECT 1 FROM profiles WHERE id=? AND merged_into IS NULL",
+                            (profile_id,)).fetchone()
+        if live is None:
+            return Erased([], [], [])
+        pids = [profile_id] + [r[0] for r in conn.execute(
+            "SELECT id FROM profiles WHERE merged_into=? ORDER BY id", (profile_id,))]
+        identifiers: list[Identifier] = [(t, v) for t, v in conn.execute(
+            "SELECT type, value FROM identities WHERE profile_id=? ORDER BY type, value",
+            (profile_id,))]
+        uids = [r[0] for r in conn.execute(
+            "SELECT event_uid FROM timeline WHERE profile_id=? ORDER BY time, event_uid",
+            (profile_id,))]
+        conn.execute("DELETE FROM identities WHERE profile_id=?", (profile_id,))
+        marks = ",".join("?" * len(pids))
+        conn.execute(f"DELETE FROM traits WHERE profile_id IN ({marks})", pids)
+        for pid in pids:
+            conn.execute("DELETE FROM outbox WHERE key=? OR instr(payload, ?) > 0",
+                         (pid, pid.encode()))
+        if anonymize:
+            conn.execute("UPDATE timeline SET event=? WHERE profile_id=?", (b"{}", profile_id))
+        else:
+            conn.execute("DELETE FROM timeline WHERE profile_id=?", (profile_id,))
+            conn.execute(f"DELETE FROM merges WHERE into_id IN ({marks}) "
+                         f"OR merged_id IN ({marks})", pids + pids)
+            conn.execute(f"DELETE FROM profiles WHERE id IN ({marks})", pids)
+        return Erased(pids, identifiers, uids)
 
     def close(self) -> None:
         self._checkpointer.stop()
