@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tessera.activation.model import Destination, SubscriptionConfig
 from tessera.catalog.model import CatalogConfig, UnknownTypes, ValidationMode
 from tessera.journeys.model import JourneyConfig
+from tessera.personalization.model import PersonalizationConfig
 
 SCOPES = {"profiles:read", "segments:read", "decisions:read", "admin"}
 
@@ -180,6 +181,8 @@ class TesseraConfig(Strict):
     journeys: list[JourneyConfig] = Field(default_factory=list)
     catalog: CatalogConfig | None = None
     """The event catalog (also read from ``catalog/*.yaml`` beside the file); none: no checks."""
+    personalization: PersonalizationConfig = Field(default_factory=PersonalizationConfig)
+    """Computed traits, audiences and the next-best-action catalog."""
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     @model_validator(mode="after")
