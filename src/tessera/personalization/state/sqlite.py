@@ -1,0 +1,257 @@
+"""The personalization state in ``personalization.db`` (SQLite, WAL) in the data directory.
+
+Its own file, not the store's: the personalization processor's commits never
+wait for the profiles processor's and the other way round. The worker writes
+it; the API reads it (profiles' segments, members, decisions).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tessera import sqlitefile
+from tessera.personalization.state.base import OfferRecord, State, StateTx, TraitStates
+from tessera.store.base import OutboxMessage
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pz_traits (
+    profile_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    state BLOB NOT NULL,
+    PRIMARY KEY (profile_id, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pz_due (profile_id TEXT PRIMARY KEY, due REAL NOT NULL)
+    WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pz_due_at ON pz_due (due);
+CREATE TABLE IF NOT EXISTS pz_members (
+    audience TEXT NOT NULL,
+    profile_id TEXT NOT NULL,
+    since REAL NOT NULL,
+    PRIMARY KEY (audience, profile_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pz_members_profile ON pz_members (profile_id);
+CREATE TABLE IF NOT EXISTS pz_offers (
+    profile_id TEXT NOT NULL,
+    uid TEXT NOT NULL,
+    action TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (profile_id, uid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pz_applied (uid TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pz_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    msg_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+"""
+
+_CHUNK = 500
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i:i + _CHUNK]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class SQLiteStateTx(StateTx):
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def applied(self, uids: Sequence[str]) -> set[str]:
+        out: set[str] = set()
+        for part in _chunks(list(uids)):
+            rows = self.conn.execute(
+                f"SELECT uid FROM pz_applied WHERE uid IN ({_marks(len(part))})", part)
+            out.update(r[0] for r in rows)
+        return out
+
+    def mark_applied(self, uids: Sequence[str], at: float) -> None:
+        self.conn.executemany("INSERT OR IGNORE INTO pz_applied (uid, at) VALUES (?, ?)",
+                              [(u, at) for u in uids])
+
+    def lock(self, profile_ids: Sequence[str]) -> None:
+        return None  # BEGIN IMMEDIATE: one writer at a time
+
+    def trait_states(self, profile_ids: Iterable[str]) -> dict[str, TraitStates]:
+        ids = sorted(set(profile_ids))
+        out: dict[str, TraitStates] = {p: {} for p in ids}
+        for part in _chunks(ids):
+            rows = self.conn.execute(
+                f"SELECT profile_id, name, state FROM pz_traits "
+                f"WHERE profile_id IN ({_marks(len(part))})", part)
+            for pid, name, state in rows:
+                out[pid][name] = orjson.loads(state)
+        return out
+
+    def put_trait_states(self, profile_id: str, states: TraitStates) -> None:
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO pz_traits (profile_id, name, state) VALUES (?, ?, ?)",
+            [(profile_id, name, orjson.dumps(s)) for name, s in states.items()])
+
+    def set_due(self, profile_id: str, due: float | None) -> None:
+        if due is None:
+            self.conn.execute("DELETE FROM pz_due WHERE profile_id=?", (profile_id,))
+        else:
+            self.conn.execute("INSERT OR REPLACE INTO pz_due (profile_id, due) VALUES (?, ?)",
+                              (profile_id, due))
+
+    def memberships(self, profile_ids: Iterable[str]) -> dict[str, dict[str, float]]:
+        ids = sorted(set(profile_ids))
+        out: dict[str, dict[str, float]] = {p: {} for p in ids}
+        for part in _chunks(ids):
+            rows = self.conn.execute(
+                f"SELECT profile_id, audience, since FROM pz_members "
+                f"WHERE profile_id IN ({_marks(len(part))})", part)
+            for pid, audience, since in rows:
+                out[pid][audience] = since
+        return out
+
+    def enter(self, audience: str, profile_id: str, since: float) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO pz_members (audience, profile_id, since) "
+                          "VALUES (?, ?, ?)", (audience, profile_id, since))
+
+    def leave(self, audience: str, profile_id: str) -> None:
+        self.conn.execute("DELETE FROM pz_members WHERE audience=? AND profile_id=?",
+                          (audience, profile_id))
+
+    def add_offers(self, records: Sequence[OfferRecord]) -> None:
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO pz_offers (profile_id, uid, action, channel, outcome, at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(r.profile_id, r.uid, r.action, r.channel, r.outcome, r.at) for r in records])
+
+    def offers(self, profile_ids: Iterable[str]) -> list[OfferRecord]:
+        ids = sorted(set(profile_ids))
+        out: list[OfferRecord] = []
+        for part in _chunks(ids):
+            rows = self.conn.execute(
+                f"SELECT profile_id, uid, action, channel, outcome, at FROM pz_offers "
+                f"WHERE profile_id IN ({_marks(len(part))}) ORDER BY at", part)
+            out += [OfferRecord(*r) for r in rows]
+        return out
+
+    def forget_offers(self, profile_id: str, before: float) -> None:
+        self.conn.execute("DELETE FROM pz_offers WHERE profile_id=? AND at<?",
+                          (profile_id, before))
+
+    def move(self, from_id: str, into_id: str) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO pz_offers (profile_id, uid, action, channel, "
+                          "outcome, at) SELECT ?, uid, action, channel, outcome, at "
+                          "FROM pz_offers WHERE profile_id=?", (into_id, from_id))
+        self.drop([from_id])
+
+    def drop(self, profile_ids: Sequence[str]) -> None:
+        for part in _chunks(list(profile_ids)):
+            marks = _marks(len(part))
+            for table in ("pz_traits", "pz_due", "pz_members", "pz_offers"):
+                self.conn.execute(f"DELETE FROM {table} WHERE profile_id IN ({marks})", part)
+
+    def add_outbox(self, messages: Sequence[tuple[str, str, str, bytes]]) -> None:
+        self.conn.executemany(
+            "INSERT INTO pz_outbox (topic, msg_id, key, payload) VALUES (?, ?, ?, ?)", messages)
+
+
+class SQLiteState(State):
+    def __init__(self, path: Path | str, synchronous: str | None = None) -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous or os.environ.get("TESSERA_SQLITE_SYNCHRONOUS", "FULL")
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            with self._lock:
+                if self._conn is None:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    conn = sqlitefile.connect(self.path, self.synchronous)
+                    conn.execute("PRAGMA wal_autocheckpoint=1000")
+                    conn.executescript(SCHEMA)
+                    self._conn = conn
+        return self._conn
+
+    def migrate(self) -> None:
+        self.conn()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[StateTx]:
+        with self._lock:
+            conn = self.conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield SQLiteStateTx(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock:
+            return self.conn().execute(sql, params).fetchall()
+
+    def due(self, now: float, limit: int) -> list[str]:
+        return [r[0] for r in self._rows(
+            "SELECT profile_id FROM pz_due WHERE due<=? ORDER BY due LIMIT ?", (now, limit))]
+
+    def trait_states_of(self, profile_id: str) -> TraitStates:
+        return {name: orjson.loads(s) for name, s in self._rows(
+            "SELECT name, state FROM pz_traits WHERE profile_id=?", (profile_id,))}
+
+    def memberships_of(self, profile_id: str) -> dict[str, float]:
+        return dict(self._rows("SELECT audience, since FROM pz_members WHERE profile_id=?",
+                               (profile_id,)))
+
+    def offers_of(self, profile_id: str) -> list[OfferRecord]:
+        return [OfferRecord(*r) for r in self._rows(
+            "SELECT profile_id, uid, action, channel, outcome, at FROM pz_offers "
+            "WHERE profile_id=? ORDER BY at", (profile_id,))]
+
+    def members(self, audience: str, after: str | None, limit: int) -> list[tuple[str, float]]:
+        return [(r[0], r[1]) for r in self._rows(
+            "SELECT profile_id, since FROM pz_members WHERE audience=? AND profile_id>? "
+            "ORDER BY profile_id LIMIT ?", (audience, after or "", limit))]
+
+    def sizes(self) -> dict[str, int]:
+        return dict(self._rows("SELECT audience, count(*) FROM pz_members GROUP BY audience"))
+
+    def profile_ids(self) -> list[str]:
+        return [r[0] for r in self._rows(
+            "SELECT profile_id FROM pz_traits UNION SELECT profile_id FROM pz_members "
+            "UNION SELECT profile_id FROM pz_offers UNION SELECT profile_id FROM pz_due "
+            "ORDER BY 1")]
+
+    def pending_outbox(self, limit: int) -> list[OutboxMessage]:
+        return [OutboxMessage(*r) for r in self._rows(
+            "SELECT id, topic, msg_id, key, payload FROM pz_outbox ORDER BY id LIMIT ?",
+            (limit,))]
+
+    def delete_outbox(self, ids: Sequence[int]) -> None:
+        with self._lock:
+            self.conn().executemany("DELETE FROM pz_outbox WHERE id=?", [(i,) for i in ids])
+
+    def reset(self) -> None:
+        with self.transaction() as tx:
+            assert isinstance(tx, SQLiteStateTx)
+            for table in ("pz_traits", "pz_due", "pz_members", "pz_offers", "pz_applied"):
+                tx.conn.execute(f"DELETE FROM {table}")
