@@ -1,0 +1,293 @@
+"""The personalization domain logic: events in, aggregates and memberships out.
+
+:class:`Personalizer` works on two ports only, the profile store (read: a
+profile's traits and identifiers) and the personalization state (read and
+written). It handles three kinds of change, each in one state transaction:
+
+* **events** of known profiles: computed traits take their contributions,
+  offer outcomes go to the offer history, and every touched profile's
+  audiences are evaluated again (its traits may have changed too);
+* **merges** (``identity.merged``): the merged profiles' aggregates combine
+  into the survivor's, their offer history moves, they leave their audiences
+  (``segment.exited``, reason ``merged``) and the survivor is evaluated again;
+* **window edges**: a profile whose oldest bucket leaves a window is due; its
+  aggregates are pruned and its audiences evaluated again, so a member leaves
+  when the last qualifying event ages out, with no event arriving.
+
+A change of membership becomes a ``segment.entered`` / ``segment.exited``
+event in the state's outbox, published to the ``derived`` topic after commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+from tessera.events import DERIVED_TOPIC
+from tessera.events.envelope import Event, iso_time
+from tessera.personalization.computed import ComputedTraits, TraitState
+from tessera.personalization.consent import TraitConsent
+from tessera.personalization.model import PersonalizationConfig
+from tessera.personalization.rules import Facts, audience_order, memberships
+from tessera.personalization.state.base import OfferRecord, State, StateTx, TraitStates
+from tessera.store.base import Profile, Store
+
+SOURCE = "tessera/personalization"
+ENTERED = "segment.entered"
+EXITED = "segment.exited"
+
+
+@dataclass(slots=True)
+class Cause:
+    """What made a profile's memberships be evaluated again (it goes into the events)."""
+
+    uid: str
+    reason: str
+    """``event``, ``merged``, ``window`` or ``rebuild``."""
+    type: str | None = None
+    received_at: float | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    applied: int = 0
+    skipped: int = 0
+    entered: int = 0
+    exited: int = 0
+    events: list[Event] = field(default_factory=list)
+
+
+def profile_facts(profile: Profile | None, pid: str) -> tuple[dict[str, Any],
+                                                            dict[str, list[str]]]:
+    """(trait values, identifiers by type) of a stored profile."""
+    if profile is None:
+        return {}, {}
+    identifiers: dict[str, list[str]] = {}
+    for link in profile.identities:
+        identifiers.setdefault(link.type, []).append(link.value)
+    return {n: t.value for n, t in profile.traits.items()}, identifiers
+
+
+class Personalizer:
+    def __init__(self, config: PersonalizationConfig, store: Store, state: State,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.store = store
+        self.state = state
+        self.clock = clock
+        self.computed = ComputedTraits(config.all_computed())
+        self.audiences = audience_order(config.audiences)
+        self.consent = TraitConsent(config.consent_trait_prefix)
+        self._outcomes = [(name, getattr(config.outcomes, name))
+                          for name in ("presented", "accepted", "declined")]
+
+    # -- facts --------------------------------------------------------------------
+
+    def facts(self, pid: str, profile: Profile | None, states: TraitStates, now: float) -> Facts:
+        traits, identifiers = profile_facts(profile, pid)
+        return Facts(profile_id=pid, traits=traits, computed=self.computed.values(states, now),
+                     identifiers=identifiers, consent=self.consent.for_profile(traits))
+
+    def outcome_of(self, event: Event, pid: str) -> OfferRecord | None:
+        """The offer record an outcome event reports, or None if it is no outcome."""
+        for outcome, patterns in self._outcomes:
+            if any(fnmatchcase(event.type, p) for p in patterns):
+                data = event.data if isinstance(event.data, dict) else {}
+                action = data.get("action")
+                if not isinstance(action, str) or not action:
+                    return None
+                channel = data.get("channel")
+                return OfferRecord(pid, event.uid, action,
+                                   channel if isinstance(channel, str) and channel else "unknown",
+                                   outcome, event.time)
+        return None
+
+    # -- events ---------------------------------------------------------------------
+
+    def apply(self, events: Sequence[tuple[Event, str | None]]) -> Outcome:
+        """Apply events, each with the profile it belongs to (None: unattributed)."""
+        result = Outcome()
+        now = self.clock()
+        with self.state.transaction() as tx:
+            fresh = [(e, p) for e, p in events if p is not None]
+            done = tx.applied([e.uid for e, _ in fresh]) if fresh else set()
+            todo = [(e, p) for e, p in fresh if e.uid not in done]
+            result.skipped = len(events) - len(todo)
+            pids = sorted({p for _, p in todo})
+            tx.lock(pids)
+            states = tx.trait_states(pids)
+            changed: dict[str, set[str]] = {p: set() for p in pids}
+            offers: list[OfferRecord] = []
+            last: dict[str, Event] = {}
+            for event, pid in todo:
+                last[pid] = event
+                for trait, value in self.computed.contributions(event):
+                    states[pid][trait.name] = trait.add(states[pid].get(trait.name), event.time,
+                                                        value, now)
+                    changed[pid].add(trait.name)
+                record = self.outcome_of(event, pid)
+                if record is not None:
+                    offers.append(record)
+            if offers:
+                tx.add_offers(offers)
+                horizon = now - self.config.offer_history_days * 86400.0
+                for pid in {r.profile_id for r in offers}:
+                    tx.forget_offers(pid, horizon)
+            for pid in pids:
+                self._save(tx, pid, states[pid], changed[pid], now)
+            members = tx.memberships(pids)
+            for pid in pids:
+                event = last[pid]
+                cause = Cause(event.uid, "event", event.type, event.received_at)
+                self.evaluate(tx, pid, states[pid], members[pid], cause, now, result)
+            tx.mark_applied([e.uid for e, _ in todo], now)
+            self.queue(tx, result)
+        result.applied = len(todo)
+        return result
+
+    def _save(self, tx: StateTx, pid: str, states: TraitStates, names: set[str],
+              now: float) -> None:
+        for name, trait in self.computed.traits.items():
+            state = states.get(name)
+            if state is not None and trait.prune(state, now):
+                names.add(name)
+        if names:
+            tx.put_trait_states(pid, {n: states[n] for n in names})
+            tx.set_due(pid, self.computed.next_expiry(states))
+
+    # -- memberships ----------------------------------------------------------------
+
+    def evaluate(self, tx: StateTx, pid: str, states: TraitStates, current: dict[str, float],
+                  cause: Cause, now: float, result: Outcome) -> None:
+        if not self.audiences:
+            return
+        facts = self.facts(pid, self.store.get_profile(pid), states, now)
+        wanted = memberships(self.audiences, facts)
+        for name in [a.name for a in self.audiences]:
+            if name in wanted and name not in current:
+                tx.enter(name, pid, now)
+                result.entered += 1
+                result.events.append(self.segment_event(ENTERED, name, pid, cause, now))
+            elif name not in wanted and name in current:
+                tx.leave(name, pid)
+                result.exited += 1
+                result.events.append(self.segment_event(EXITED, name, pid, cause, now,
+                                                        since=current[name]))
+        for name in set(current) - {a.name for a in self.audiences}:
+            tx.leave(name, pid)  # an audience removed from the configuration
+
+    @staticmethod
+    def segment_event(kind: str, audience: str, pid: str, cause: Cause, now: float,
+                      since: float | None = None) -> Event:
+        digest = hashlib.blake2b(f"{cause.uid}\x1f{kind}\x1f{audience}\x1f{pid}".encode(),
+                                 digest_size=16).hexdigest()
+        data: dict[str, Any] = {
+            "profile_id": pid,
+            "segment": audience,
+            "reason": cause.reason,
+            "at": iso_time(now),
+            "caused_by": {"uid": cause.uid, "type": cause.type,
+                          "received_at": cause.received_at},
+        }
+        if since is not None:
+            data["member_since"] = iso_time(since)
+        return Event(id=f"seg_{digest}", source=SOURCE, type=kind, time=now, received_at=now,
+                     source_name="tessera", data=data, identifiers=[("profile_id", pid)],
+                     subject=pid, datacontenttype="application/json",
+                     extensions={"tesserasegment": audience})
+
+    @staticmethod
+    def queue(tx: StateTx, result: Outcome) -> None:
+        if result.events:
+            tx.add_outbox([(DERIVED_TOPIC, e.uid, e.partition_key, e.to_json())
+                           for e in result.events])
+
+    # -- merges -----------------------------------------------------------------------
+
+    def merge(self, event: Event) -> Outcome:
+        """Apply an ``identity.merged`` event: combine the merged profiles into the survivor."""
+        result = Outcome()
+        data = event.data if isinstance(event.data, dict) else {}
+        into = data.get("profile_id")
+        merged = [m for m in data.get("merged_profile_ids") or [] if isinstance(m, str)]
+        now = self.clock()
+        if not isinstance(into, str) or not merged:
+            return result
+        cause = Cause(event.uid, "merged", event.type, event.received_at)
+        with self.state.transaction() as tx:
+            if tx.applied([event.uid]):
+                result.skipped = 1
+                return result
+            everyone = [into, *merged]
+            tx.lock(everyone)
+            states = tx.trait_states(everyone)
+            members = tx.memberships(everyone)
+            combined: TraitStates = {}
+            for name, trait in self.computed.traits.items():
+                parts: list[TraitState | None] = [states[p].get(name) for p in everyone]
+                if any(parts):
+                    combined[name] = trait.merge(parts)
+            for pid in merged:
+                for audience, since in members[pid].items():
+                    result.exited += 1
+                    result.events.append(self.segment_event(EXITED, audience, pid, cause, now,
+                                                            since=since))
+                tx.move(pid, into)
+            self._save(tx, into, combined, set(combined), now)
+            self.evaluate(tx, into, combined, members[into], cause, now, result)
+            tx.mark_applied([event.uid], now)
+            self.queue(tx, result)
+        result.applied = 1
+        return result
+
+    # -- window edges -----------------------------------------------------------------
+
+    def expire(self, pids: Sequence[str]) -> Outcome:
+        """Re-evaluate profiles whose window edge passed (``State.due``)."""
+        result = Outcome()
+        now = self.clock()
+        with self.state.transaction() as tx:
+            tx.lock(pids)
+            states = tx.trait_states(pids)
+            members = tx.memberships(pids)
+            for pid in pids:
+                due = self.computed.next_expiry(states[pid])
+                cause = Cause(f"window:{pid}:{due!r}", "window")
+                self._save(tx, pid, states[pid], set(), now)
+                if due is None or due > now:
+                    tx.set_due(pid, due)  # not due any more (another worker got to it)
+                    continue
+                self.evaluate(tx, pid, states[pid], members[pid], cause, now, result)
+                result.applied += 1
+            self.queue(tx, result)
+        return result
+
+    # -- rebuilds ----------------------------------------------------------------------
+
+    def rebuild_profile(self, tx: StateTx, pid: str, events: Sequence[Event],
+                        result: Outcome) -> None:
+        """Recompute one profile's aggregates and offers from its whole timeline."""
+        now = self.clock()
+        tx.lock([pid])
+        current = tx.memberships([pid])[pid]
+        tx.drop([pid])
+        states: TraitStates = {}
+        offers: list[OfferRecord] = []
+        for event in events:
+            for trait, value in self.computed.contributions(event):
+                states[trait.name] = trait.add(states.get(trait.name), event.time, value, now)
+            record = self.outcome_of(event, pid)
+            if record is not None:
+                offers.append(record)
+        horizon = now - self.config.offer_history_days * 86400.0
+        tx.add_offers([o for o in offers if o.at >= horizon])
+        self._save(tx, pid, states, set(states), now)
+        for audience, since in current.items():
+            tx.enter(audience, pid, since)  # kept: only real changes become events
+        self.evaluate(tx, pid, states, current, Cause(f"rebuild:{pid}:{now!r}", "rebuild"),
+                       now, result)
+        tx.mark_applied([e.uid for e in events], now)

@@ -1,0 +1,195 @@
+"""The personalization processor over the real bus, store and state: traits, audiences,
+entry and exit events, window expiry, merges, redelivery, rebuild and batch evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tessera.personalization.batch import evaluate_all, rebuild
+from tessera.personalization.engine import Personalizer
+from tests.personalization.helpers import DAY, config_with, harness
+
+SECTION: dict[str, Any] = {
+    "computed_traits": [
+        {"name": "tows_12m", "function": "count", "filter": {"types": ["tow.completed"]},
+         "window": "365d"},
+        {"name": "spend", "function": "sum", "value": "data.total",
+         "filter": {"types": ["booking.created"]}},
+        {"name": "last_destination", "function": "last", "value": "data.destination",
+         "filter": {"types": ["booking.created"]}},
+    ],
+    "audiences": [
+        {"name": "frequent_tows", "rule": {"path": "computed.tows_12m", "gte": 2}},
+        {"name": "frequent_callers",
+         "rule": {"event": {"type": "ticket.created", "within": "30d", "min": 2}}},
+        {"name": "towed_spenders", "rule": {"all": [{"audience": "frequent_tows"},
+                                                    {"path": "computed.spend", "gte": 100}]}},
+    ],
+}
+CONFIG = config_with(SECTION)
+M1 = {"member_number": "M-1"}
+
+
+def seg(events: list[Any]) -> list[tuple[str, str, str]]:
+    return [(e.type, e.data["segment"], e.data["reason"]) for e in events]
+
+
+async def test_traits_update_as_events_arrive_and_entry_names_its_cause(tmp_path: Path) -> None:
+    async with harness(CONFIG, tmp_path) as h:
+        first = h.event(M1, "tow.completed")
+        await h.send(first, h.event({**M1, "total": 60.0, "destination": "Rome"},
+                                    "booking.created"))
+        await h.process()
+        pid = h.pid("member_number:M-1")
+        assert h.reads.computed_of(pid) == {"tows_12m": 1, "spend": 60.0,
+                                            "last_destination": "Rome"}
+        assert h.reads.segments_of(pid) == []
+        assert await h.derived("segment.entered") == []
+
+        second = h.event(M1, "tow.completed")
+        await h.send(h.event({**M1, "total": 50.0, "destination": "Oslo"}, "booking.created"),
+                     second)
+        await h.process()
+        assert h.reads.computed_of(pid) == {"tows_12m": 2, "spend": 110.0,
+                                            "last_destination": "Oslo"}
+        assert [s["segment"] for s in h.reads.segments_of(pid)] == ["frequent_tows",
+                                                                    "towed_spenders"]
+        entered = await h.derived("segment.entered")
+        assert seg(entered) == [("segment.entered", "frequent_tows", "event"),
+                                ("segment.entered", "towed_spenders", "event")]
+        assert entered[0].data["profile_id"] == pid
+        assert entered[0].identifiers == [("profile_id", pid)]
+        # the cause is the profile's last event of the batch evaluated: here the second tow
+        assert entered[0].data["caused_by"] == {"uid": second.uid, "type": "tow.completed",
+                                                "received_at": second.received_at}
+        assert h.service.stats.entered == 2
+
+
+async def test_a_redelivered_event_changes_nothing(tmp_path: Path) -> None:
+    async with harness(CONFIG, tmp_path) as h:
+        await h.send(h.event(M1, "tow.completed"), h.event(M1, "tow.completed"))
+        await h.process()
+        await h.runtime.bus.reset("events", "personalization", 0.0)
+        await h.process()
+        pid = h.pid("member_number:M-1")
+        assert h.reads.computed_of(pid)["tows_12m"] == 2
+        assert len(await h.derived("segment.entered")) == 1
+
+
+async def test_a_window_edge_passing_makes_the_profile_leave_without_any_event(
+        tmp_path: Path) -> None:
+    async with harness(CONFIG, tmp_path) as h:
+        start = h.clock.now
+        await h.send(h.event(M1, "ticket.created", at=start - 10 * DAY),
+                     h.event(M1, "ticket.created", at=start - 2 * DAY))
+        await h.process()
+        pid = h.pid("member_number:M-1")
+        assert [s["segment"] for s in h.reads.segments_of(pid)] == ["frequent_callers"]
+        assert await h.service.expire_due() == 0  # nothing due yet
+
+        h.clock.now = start + 21 * DAY  # the older ticket is more than 30 days old now
+        assert await h.service.expire_due() == 1
+        assert h.reads.segments_of(pid) == []
+        exited = await h.derived("segment.exited")
+        assert seg(exited) == [("segment.exited", "frequent_callers", "window")]
+        assert "member_since" in exited[0].data
+        # the aggregate was pruned; the next edge is the second ticket's
+        assert await h.service.expire_due() == 0
+        h.clock.now = start + 29 * DAY
+        assert await h.service.expire_due() == 1
+        assert len(await h.derived("segment.exited")) == 1  # no second exit: not a member
+
+
+async def test_a_merge_combines_aggregates_and_the_merged_profile_leaves(tmp_path: Path) -> None:
+    async with harness(CONFIG, tmp_path) as h:
+        await h.send(h.event(M1, "tow.completed"),
+                     h.event({**M1, "total": 500.0}, "booking.created"),
+                     h.event({"email": "jo@example.com"}, "tow.completed"),
+                     h.event({"email": "jo@example.com"}, "tow.completed"))
+        await h.process()
+        member, anonymous = h.pid("member_number:M-1"), h.pid("email:jo@example.com")
+        assert member != anonymous
+        assert [s["segment"] for s in h.reads.segments_of(anonymous)] == ["frequent_tows"]
+        # one event with both identifiers merges them: 3 tows, and the spend
+        await h.send(h.event({**M1, "email": "jo@example.com"}, "profile.seen"))
+        await h.process()
+        # the member number has the highest priority: its profile survives
+        survivor, gone = member, anonymous
+        assert h.pid("email:jo@example.com") == survivor
+        assert h.reads.computed_of(survivor)["tows_12m"] == 3
+        assert h.reads.computed_of(survivor)["spend"] == 500.0
+        assert h.reads.segments_of(gone) == []
+        assert h.service.state.trait_states_of(gone) == {}
+        assert {s["segment"] for s in h.reads.segments_of(survivor)} == {"frequent_tows",
+                                                                        "towed_spenders"}
+        exits = [e for e in await h.derived("segment.exited") if e.data["reason"] == "merged"]
+        assert [(e.data["profile_id"], e.data["segment"]) for e in exits] == [
+            (gone, "frequent_tows")]
+
+
+async def test_rebuild_recomputes_from_the_timeline(tmp_path: Path) -> None:
+    async with harness(CONFIG, tmp_path) as h:
+        await h.send(*[h.event(M1, "tow.completed") for _ in range(3)],
+                     h.event({**M1, "total": 120.0}, "booking.created"),
+                     h.event({"email": "a@example.com"}, "ticket.created"))
+        await h.process()
+        pid = h.pid("member_number:M-1")
+        before = h.reads.computed_of(pid), h.reads.segments_of(pid)
+        entered = len(await h.derived("segment.entered"))
+
+        h.service.state.reset()  # lose everything
+        assert h.reads.computed_of(pid)["tows_12m"] == 0
+        report = rebuild(Personalizer(CONFIG.personalization, h.runtime.store,
+                                      h.service.state))
+        assert report.profiles == 2
+        assert h.reads.computed_of(pid) == before[0]
+        assert [s["segment"] for s in h.reads.segments_of(pid)] == [
+            s["segment"] for s in before[1]]
+        # the reset dropped the memberships, so the rebuild re-enters them (and says so)
+        await h.service.relay()
+        assert len(await h.derived("segment.entered")) == entered * 2
+
+        # a rebuild over an intact state changes no membership and emits nothing
+        report = rebuild(Personalizer(CONFIG.personalization, h.runtime.store,
+                                      h.service.state))
+        assert (report.entered, report.exited) == (0, 0)
+
+
+async def test_batch_evaluation_applies_a_changed_rule(tmp_path: Path) -> None:
+    async with harness(CONFIG, tmp_path) as h:
+        await h.send(h.event(M1, "tow.completed"),
+                     h.event({"member_number": "M-2"}, "tow.completed"),
+                     h.event({"member_number": "M-2"}, "tow.completed"))
+        await h.process()
+        assert h.reads.sizes()["frequent_tows"] == 1
+        looser = {**SECTION, "audiences": [
+            {"name": "frequent_tows", "rule": {"path": "computed.tows_12m", "gte": 1}}]}
+        engine = Personalizer(config_with(looser).personalization, h.runtime.store,
+                              h.service.state)
+        report = evaluate_all(engine)
+        assert (report.profiles, report.entered, report.exited) == (2, 1, 0)
+        # towed_spenders is no longer configured: its members are dropped silently
+        assert h.service.state.sizes() == {"frequent_tows": 2}
+
+
+async def test_offer_outcomes_go_to_the_offer_history(tmp_path: Path) -> None:
+    async with harness(CONFIG, tmp_path) as h:
+        now = h.clock.now
+        await h.send(h.event({**M1, "action": "upgrade", "channel": "email"},
+                             "com.example.contact_center.offer.presented", at=now - 2),
+                     h.event({**M1, "action": "upgrade"}, "offer.declined", at=now - 1),
+                     h.event({**M1}, "offer.accepted"))  # no action: not an outcome
+        await h.process()
+        offers = h.service.state.offers_of(h.pid("member_number:M-1"))
+        assert [(o.action, o.channel, o.outcome) for o in offers] == [
+            ("upgrade", "email", "presented"), ("upgrade", "unknown", "declined")]
+
+
+async def test_unattributed_events_and_other_derived_events_are_skipped(tmp_path: Path) -> None:
+    async with harness(CONFIG, tmp_path) as h:
+        await h.send(h.event({"nothing": 1}, "tow.completed"))
+        await h.process()
+        assert h.service.state.profile_ids() == []
+        assert await h.runtime.bus.lag("events", "personalization") == 0
+        assert await h.runtime.bus.lag("derived", "personalization") == 0
