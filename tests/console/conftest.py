@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from tessera.activation.api import activation_state
+from tessera.activation.service import ActivationService, overview
 from tessera.api.app import create_app
-from tessera.config import default_config
+from tessera.config import default_config, parse_config
+from tessera.journeys.report import counts_in
 from tessera.runtime import Runtime
+from tests.activation.receiver import Receiver
 from tests.console.scenario import EVENTS, cloudevent, put_dead_letters
+from tests.console.sections import (
+    EXTRA_EVENTS,
+    HOOK,
+    HOOK_DEAD_LETTERS,
+    queue_review_pair,
+    raw_config,
+)
 
 ADMIN_KEY = "ak_admin_123"
 READ_KEY = "rk_read_123"
@@ -43,6 +57,28 @@ class Console:
         assert pid is not None, identifier
         return pid
 
+    async def post(self, key: str, event: dict[str, object]) -> None:
+        response = await self.client.post(
+            "/v1/events", json=cloudevent(event),
+            headers={"Authorization": f"Bearer {key}",
+                     "Content-Type": "application/cloudevents+json"})
+        assert response.status_code == 202, response.text
+
+    async def subscription(self, name: str) -> dict[str, Any]:
+        [found] = await overview(self.runtime.config, self.runtime.bus,
+                                 activation_state(self.runtime), name)
+        return found
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], what: str,
+                     timeout: float = 60.0) -> None:
+    """Poll an async ``check`` until it returns True."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
 
 @pytest.fixture(autouse=True)
 def _fast_sqlite(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,3 +104,53 @@ async def console(tmp_path: Path) -> AsyncIterator[Console]:
             assert response.status_code == 202, response.text
         await runtime.worker().run_until_idle()
         yield Console(client, runtime)
+
+
+@dataclass
+class Sections(Console):
+    hook: Receiver
+    activation: ActivationService
+
+
+@pytest.fixture
+async def sections(tmp_path: Path) -> AsyncIterator[Sections]:
+    """The scenario plus subscriptions, a journey, a catalog and a review candidate, with the
+    profiles worker and the activation processor running; not logged in."""
+    failing = [True]
+    with Receiver(lambda r: 503 if failing[0] else 200) as hook:
+        runtime = Runtime(parse_config(raw_config(hook.url)), tmp_path / "data")
+        app = create_app(runtime)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                              base_url="http://tessera.test") as client,
+        ):
+            await put_dead_letters(runtime.bus)
+            worker = runtime.worker()
+            activation = ActivationService.from_runtime(runtime, refresh_seconds=0.1,
+                                                         profile_wait_seconds=0.5)
+            tasks = [asyncio.create_task(worker.run(idle_timeout=0.05)),
+                     asyncio.create_task(activation.run())]
+            try:
+                out = Sections(client, runtime, hook, activation)
+                for key, event in [*EVENTS, *EXTRA_EVENTS]:
+                    await out.post(key, event)
+
+                async def settled() -> bool:
+                    stats = (await out.subscription(HOOK))["stats"]
+                    [welcome] = counts_in(runtime.config.journeys, runtime.data_dir)
+                    whole = welcome["steps"]["*"]
+                    return bool(stats["dead_lettered"] == HOOK_DEAD_LETTERS
+                                and whole["entered"] == 2 and whole["completed"] == 1
+                                and await activation.wait_idle(0.01))
+
+                await wait_until(settled, "the CRM deliveries to be dead-lettered")
+                failing[0] = False
+                queue_review_pair(runtime.data_dir, out.resolve("member_number:M-2002"),
+                                  out.resolve("user_id:u-bob"))
+                yield out
+            finally:
+                worker.stop()
+                activation.stop()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                activation.state.close()

@@ -24,10 +24,13 @@ from fastapi import APIRouter, Request
 from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from starlette.templating import Jinja2Templates
 
+from tessera.activation.api import activation_state
+from tessera.activation.service import overview as subscriptions_overview
 from tessera.console.graph import MergeView, identity_svg
 from tessera.console.session import COOKIE, MAX_AGE_SECONDS, Sessions
 from tessera.console.tail import MAX_PER_BATCH, TAIL
 from tessera.events.envelope import iso_time
+from tessera.journeys.report import instances_of
 from tessera.observability import metrics
 from tessera.runtime import Runtime
 from tessera.store.base import Profile, TimelineEntry
@@ -57,25 +60,14 @@ class Section:
 SECTIONS = [
     Section("overview", "/console", "Overview"),
     Section("profiles", "/console/profiles", "Customers"),
+    Section("subscriptions", "/console/subscriptions", "Subscriptions"),
+    Section("journeys", "/console/journeys", "Journeys"),
+    Section("catalog", "/console/catalog", "Catalog"),
+    Section("identity-review", "/console/identity-review", "Identity review"),
     Section("dead-letters", "/console/dead-letters", "Dead letters"),
-    Section("subscriptions", "/console/subscriptions", "Subscriptions", False,
-            "subscriptions and their delivery health have no console page yet. Use "
-            "GET /v1/subscriptions, or tessera subscriptions list | pause | resume and "
-            "tessera deliveries list; their dead letters are under Dead letters "
-            "(groups sub:NAME)."),
-    Section("journeys", "/console/journeys", "Journeys", False,
-            "journeys have no console page yet. Their counts per step are at "
-            "GET /v1/journeys and tessera journeys list."),
-    Section("catalog", "/console/catalog", "Catalog", False,
-            "the event catalog and its violations are not part of this version."),
-    Section("identity-review", "/console/identity-review", "Identity review", False,
-            "probabilistic matches waiting for review are not part of this version; "
-            "every link today is deterministic."),
 ]
 PROFILE_SECTIONS_NOT_YET = [
     {"key": "segments", "title": "Segments", "why": "segments are not computed by this version."},
-    {"key": "journeys", "title": "Journeys",
-     "why": "the journeys this customer is in are not shown in the console yet."},
     {"key": "next-best-actions", "title": "Next best actions",
      "why": "next best actions are not part of this version."},
     {"key": "consent", "title": "Consent", "why": "consent is not recorded by this version."},
@@ -264,6 +256,16 @@ async def static(name: str) -> Response:
 # -- overview -----------------------------------------------------------------
 
 
+async def _deliveries(runtime: Runtime) -> tuple[list[dict[str, Any]], str | None]:
+    """Each subscription's delivery failures, as the Subscriptions page shows them."""
+    try:
+        subs = await asyncio.wait_for(
+            subscriptions_overview(runtime.config, runtime.bus, activation_state(runtime)), 5.0)
+    except Exception as exc:
+        return [], str(exc) or type(exc).__name__
+    return [{"name": s["name"], "paused": s["paused"], **s["stats"]} for s in subs], None
+
+
 async def _stats(state: ConsoleState) -> dict[str, Any]:
     runtime = state.runtime
     out: dict[str, Any] = {"counts": {}, "lags": [], "lag_error": None, "dead_letters": None,
@@ -279,6 +281,7 @@ async def _stats(state: ConsoleState) -> dict[str, Any]:
         out["dead_letters"] = len(await asyncio.wait_for(runtime.bus.dead_letters(None), 5.0))
     except Exception as exc:
         out["lag_error"] = str(exc) or type(exc).__name__
+    out["deliveries"], out["delivery_error"] = await _deliveries(runtime)
     applied = out["counts"].get("events_applied")
     ingest, processing = state.rates.sample(
         metrics.INGEST_TOTALS.accepted, applied if isinstance(applied, int) else None
@@ -458,6 +461,9 @@ async def customer_360(request: Request, pid: str) -> Response:
                                 status_code=303)
     merges = await asyncio.to_thread(_merge_views, runtime, profile)
     entries, next_cursor = await asyncio.to_thread(_timeline_page, runtime, profile.id, None)
+    journeys = await asyncio.to_thread(
+        instances_of, runtime.config.journeys, runtime.data_dir,
+        [profile.id, *(m.merged for m in profile.merged_from)])
     traits = [{"name": n, "trait": t} for n, t in sorted(profile.traits.items())]
     identities = sorted(profile.identities, key=lambda i: (i.type, i.value))
     return _page(
@@ -465,6 +471,7 @@ async def customer_360(request: Request, pid: str) -> Response:
         profile=profile, name=_name(profile), traits=traits, identities=identities,
         merges=merges, graph=identity_svg(profile, merges), entries=entries,
         next_cursor=next_cursor, profile_id=profile.id, unavailable=PROFILE_SECTIONS_NOT_YET,
+        journeys=journeys, journeys_configured=bool(runtime.config.journeys),
     )
 
 
@@ -512,14 +519,15 @@ async def dead_letters(request: Request) -> Response:
         return _login_redirect(request)
     runtime = _state(request).runtime
     include_replayed = request.query_params.get("all") in ("1", "true", "yes")
+    group = request.query_params.get("group") or None
     error = ""
     try:
-        letters = await runtime.bus.dead_letters(None, include_replayed=include_replayed)
+        letters = await runtime.bus.dead_letters(group, include_replayed=include_replayed)
     except Exception as exc:
         letters, error = [], f"the bus is unavailable: {exc}"
     return _page(request, "dead_letters.html", session, "dead-letters", title="Dead letters",
                  letters=list(reversed(letters)), include_replayed=include_replayed, error=error,
-                 message="", queued=False)
+                 message="", queued=False, group=group)
 
 
 @router.post("/dead-letters/{letter_id}/replay")
