@@ -128,17 +128,23 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
-def test_serve_never_leaves_its_worker_behind(tmp_path: Path, sig: str) -> None:
+def test_serve_never_leaves_its_workers_behind(tmp_path: Path, sig: str) -> None:
     import os
     import signal
+
+    from tessera.cli import PROCESSORS
 
     server = TesseraProcess(["serve"], tmp_path, port=free_port()).start()
     try:
         assert server.process is not None
-        wait_for(lambda: len(_children(server.process.pid)) == 1)  # type: ignore[union-attr]
-        (worker_pid,) = _children(server.process.pid)
+        # one worker process per processor
+        wait_for(lambda: len(_children(server.process.pid)) == len(PROCESSORS))  # type: ignore[union-attr]
+        workers = _children(server.process.pid)
+        commands = sorted(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[-2].decode()
+                          for pid in workers)
+        assert commands == sorted(PROCESSORS)  # each runs with --processors NAME
         os.kill(server.process.pid, getattr(signal, sig))  # the server alone, not its group
         server.process.wait(15)
-        wait_for(lambda: not _alive(worker_pid), timeout=15)
+        wait_for(lambda: not any(_alive(pid) for pid in workers), timeout=15)
     finally:
         server.stop()

@@ -100,11 +100,32 @@ def configure_logging(level: str = "info") -> None:
     )
 
 
-def _worker_command(config_path: Path | None, data: Path) -> list[str]:
+#: what ``tessera worker`` can run; ``tessera serve`` runs each in a process of its own
+PROCESSORS = ("profiles", "activation", "personalization")
+
+
+def _worker_command(
+    config_path: Path | None, data: Path, processors: str | None = None
+) -> list[str]:
     cmd = [sys.executable, "-m", "tessera", "worker", "--data-dir", str(data)]
     if config_path is not None:
         cmd += ["--config", str(config_path)]
+    if processors is not None:
+        cmd += ["--processors", processors]
     return cmd
+
+
+def _processors(value: str) -> tuple[str, ...]:
+    """``--processors``: ``all`` or a comma-separated subset of :data:`PROCESSORS`."""
+    if value.strip() == "all":
+        return PROCESSORS
+    chosen = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    unknown = [v for v in chosen if v not in PROCESSORS]
+    if unknown or not chosen:
+        raise typer.BadParameter(
+            f"unknown processor {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"choose from {', '.join(PROCESSORS)} or all", param_hint="--processors")
+    return chosen
 
 
 def _die_with_parent() -> None:
@@ -178,11 +199,15 @@ def serve(
     data = data_dir(data_dir_)
     configure_logging(log_level)
     runtime = Runtime(cfg, data)
-    supervisor = None
+    supervisors: list[WorkerSupervisor] = []
     if worker:
         asyncio.run(_prepare(Runtime(cfg, data)))
-        supervisor = WorkerSupervisor(_worker_command(config, data))
-        supervisor.start()
+        # one process per processor: each has a core (and a GIL) of its own, so webhook
+        # delivery never competes with identity resolution for the same interpreter
+        supervisors = [WorkerSupervisor(_worker_command(config, data, name))
+                       for name in PROCESSORS]
+        for one in supervisors:
+            one.start()
     console.print(
         f"Tessera {'API and worker' if worker else 'API'} on http://{host}:{port} (data in {data})"
     )
@@ -200,8 +225,8 @@ def serve(
             http="auto",
         )
     finally:
-        if supervisor is not None:
-            supervisor.stop()
+        for one in supervisors:
+            one.stop()
 
 
 async def _prepare(runtime: Any) -> None:
@@ -218,15 +243,24 @@ def worker_cmd(
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
     metrics_port: Annotated[int | None, typer.Option(
         help="Serve this worker's Prometheus metrics on 127.0.0.1:PORT/metrics")] = None,
+    processors: Annotated[str, typer.Option(
+        help="Which processors to run: all, or a comma-separated list of "
+             + ", ".join(PROCESSORS))] = "all",
 ) -> None:
-    """Run the profiles processor (a consumer group of the event log).
+    """Run the processors: profiles (identity and traits), activation (subscriptions
+    and journeys) and personalization, each its own consumer groups of the event log.
+
+    With --processors, a process runs only some of them, so that each can get a
+    core of its own (`tessera serve` runs one process per processor).
 
     With --concurrency N, N worker processes share the consumer group; each is
     restarted if it dies. Scaling past one worker needs the NATS bus (the
     embedded log serves one consumer per group at a time).
     """
+    chosen = _processors(processors)
     if concurrency > 1:
-        cmd = [*_worker_command(config, data_dir(data_dir_)), "--log-level", log_level]
+        cmd = [*_worker_command(config, data_dir(data_dir_), ",".join(chosen)),
+               "--log-level", log_level]
         supervisors = [WorkerSupervisor(cmd) for _ in range(concurrency)]
         for sup in supervisors:
             sup.start()
@@ -246,20 +280,27 @@ def worker_cmd(
 
     async def main() -> None:
         from tessera.activation.service import ActivationService
+        from tessera.personalization.service import PersonalizationService
 
         await runtime.start()
-        worker = runtime.worker()
-        activation = ActivationService.from_runtime(runtime)  # subscriptions and journeys
+        running: list[Any] = []
+        if "profiles" in chosen:
+            running.append(runtime.worker())
+        if "activation" in chosen:  # subscriptions and journeys
+            running.append(ActivationService.from_runtime(runtime))
+        if "personalization" in chosen:
+            # computed traits, audiences, offer outcomes (idle when none are configured)
+            running.append(PersonalizationService.from_runtime(runtime))
         loop = asyncio.get_running_loop()
 
         def stop() -> None:  # one handler per signal: a second one would replace the first
-            worker.stop()
-            activation.stop()
+            for one in running:
+                one.stop()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop)
         try:
-            await asyncio.gather(worker.run(), activation.run())
+            await asyncio.gather(*(one.run() for one in running))
         finally:
             await runtime.close()
 

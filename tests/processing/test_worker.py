@@ -198,3 +198,11 @@ async def test_store_outage_retries_without_dead_lettering(tmp_path: Path) -> No
         assert await runtime.bus.dead_letters() == []
     finally:
         await runtime.close()
+
+
+def test_worker_refuses_an_unknown_processor_by_name(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["worker", "--data-dir", str(tmp_path), "--processors", "profiles,billing"])
+    assert result.exit_code == 2
+    assert "--processors" in result.output and "'billing'" in result.output
+    assert "profiles, activation" in result.output  # says what exists

@@ -57,6 +57,9 @@ def create_app(runtime: Runtime, worker_in_process: bool = False) -> FastAPI:
     app.include_router(identity_api.router)
     app.include_router(activation_api.router)
     app.include_router(catalog_api.router)
+    from tessera.personalization import api as personalization_api
+
+    app.include_router(personalization_api.router)
     from tessera import console
     from tessera.observability import routes as observability_routes
 
