@@ -39,6 +39,10 @@ app.add_typer(_catalog_app, name="catalog")
 from tessera.relay.cli import relay_app as _relay_app  # noqa: E402
 
 app.add_typer(_relay_app, name="relay")
+from tessera.personalization.cli import APPS as _PERSONALIZATION_APPS  # noqa: E402
+
+for _name, _sub_app in _PERSONALIZATION_APPS.items():
+    app.add_typer(_sub_app, name=_name)
 from tessera.privacy.cli import audit_app as _audit_app  # noqa: E402
 from tessera.privacy.cli import keys_app as _keys_app  # noqa: E402
 from tessera.privacy.cli import privacy_app as _privacy_app  # noqa: E402
