@@ -16,8 +16,10 @@ from tessera.processing.worker import Worker
 from tessera.store import Store, open_store
 
 if TYPE_CHECKING:
+    from tessera.events.envelope import Event
     from tessera.privacy.principals import Principals
     from tessera.privacy.records import TrustRecords
+    from tessera.privacy.suppression import Suppression
 
 
 class Runtime:
@@ -43,6 +45,7 @@ class Runtime:
         self.store: Store = open_store(self.store_url, self.data_dir)
         self.extractor = IdentifierExtractor(config)
         self.processor = ProfileProcessor(config, self.store)
+        self.processor.screen = self._screen
         self.write_keys = {s.write_key: s.name for s in config.sources}
         self.api_keys = {k.key: frozenset(k.scopes) for k in config.api_keys}
         self._started = False
@@ -77,6 +80,24 @@ class Runtime:
         from tessera.privacy.principals import Principals
 
         return Principals(self.config.privacy, self.write_keys, self.api_keys, self.records)
+
+    @functools.cached_property
+    def suppression(self) -> Suppression:
+        """Erased identifiers: screens events at ingest (re-read at most twice a second)."""
+        from tessera.privacy.suppression import Suppression
+
+        return Suppression(self.records, self.config.privacy.suppression, recheck_seconds=0.5)
+
+    @functools.cached_property
+    def _processor_suppression(self) -> Suppression:
+        from tessera.privacy.suppression import Suppression
+
+        return Suppression(self.records, self.config.privacy.suppression)
+
+    def _screen(self, events: list[Event]) -> list[Event]:
+        # the processor re-reads the list's version every batch: an erasure's events
+        # still on the bus, or accepted while it ran, never bring the person back
+        return self._processor_suppression.screen(events)
 
     def worker(self) -> Worker:
         return Worker(self.bus, self.store, self.processor, self.config.processor)

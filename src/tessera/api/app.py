@@ -57,6 +57,9 @@ def create_app(runtime: Runtime, worker_in_process: bool = False) -> FastAPI:
     app.include_router(identity_api.router)
     app.include_router(activation_api.router)
     app.include_router(catalog_api.router)
+    from tessera.privacy import api as privacy_api
+
+    privacy_api.install(app, runtime)  # /v1/privacy/*, /v1/audit; body limit, admin audit
     from tessera.personalization import api as personalization_api
 
     app.include_router(personalization_api.router)

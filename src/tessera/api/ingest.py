@@ -37,10 +37,16 @@ def runtime_of(request: Request) -> Runtime:
 
 
 async def publish(runtime: Runtime, events: list[Event]) -> tuple[int, int]:
-    """Make the events durable; (stored, duplicates)."""
+    """Make the events durable; (stored, duplicates).
+
+    Events carrying an erased identifier are screened out (or anonymized) first,
+    per ``privacy.suppression``; dropped ones count as accepted: the sender did
+    nothing wrong, and they must not resend them."""
+    screened = runtime.suppression.screen(events)
+    dropped = len(events) - len(screened)
     try:
         stored = await runtime.bus.publish(
-            EVENTS_TOPIC, [Message(e.uid, e.partition_key, e.to_json()) for e in events]
+            EVENTS_TOPIC, [Message(e.uid, e.partition_key, e.to_json()) for e in screened]
         )
     except BusUnavailable as exc:
         raise ApiError(
@@ -50,8 +56,8 @@ async def publish(runtime: Runtime, events: list[Event]) -> tuple[int, int]:
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         ) from None
     new = sum(stored)
-    record_ingest(events, new, len(stored) - new)
-    return new, len(stored) - new
+    record_ingest(screened, new, len(stored) - new)
+    return new + dropped, len(stored) - new
 
 
 router = APIRouter(tags=["ingest"])

@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,6 +160,11 @@ class JourneyState(abc.ABC):
     @abc.abstractmethod
     def instances(self, profile_id: str) -> list[Instance]: ...
 
+    def erase(self, profile_ids: Sequence[str], match: Callable[[bytes], bool]) -> int:
+        """Remove the journey instances (and their timers) of these profiles and the
+        queued events whose payload ``match``es, for data subject erasure; how many rows."""
+        raise NotImplementedError
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 
@@ -298,6 +303,32 @@ class SQLiteJourneyState(JourneyState):
         return [_instance(r) for r in self._rows(
             f"SELECT {_COLS} FROM journey_instances WHERE profile_id=? ORDER BY entered_at",
             (profile_id,))]
+
+    def erase(self, profile_ids: Sequence[str], match: Callable[[bytes], bool]) -> int:
+        with self._lock:
+            self._conn.execute("PRAGMA secure_delete=ON")  # overwrite, not just unlink
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                removed = 0
+                for pid in profile_ids:
+                    ids = [r[0] for r in self._conn.execute(
+                        "SELECT id FROM journey_instances WHERE profile_id=?", (pid,))]
+                    self._conn.executemany("DELETE FROM journey_timers WHERE instance_id=?",
+                                           [(i,) for i in ids])
+                    removed += self._conn.execute(
+                        "DELETE FROM journey_instances WHERE profile_id=?", (pid,)).rowcount
+                queued = [i for i, payload in self._conn.execute(
+                    "SELECT id, payload FROM journey_outbox") if match(payload)]
+                self._conn.executemany("DELETE FROM journey_outbox WHERE id=?",
+                                       [(i,) for i in queued])
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            finally:
+                self._conn.execute("PRAGMA secure_delete=OFF")
+        sqlitefile.truncate_wal(self.path)
+        return removed + len(queued)
 
     def close(self) -> None:
         with self._lock:

@@ -17,7 +17,7 @@ and never deadlock on each other.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,6 +162,8 @@ class ProfileProcessor:
         self.resolver = IdentityResolver(config)
         self.survivorship = Survivorship(config)
         self.traits = TraitExtractor(config)
+        self.screen: Callable[[list[Event]], list[Event]] | None = None
+        """Drops or anonymizes events that carry erased identifiers (set by the runtime)."""
 
     def apply(self, events: Sequence[Event], retries: int = 8) -> BatchResult:
         for attempt in range(retries + 1):
@@ -183,6 +185,8 @@ class ProfileProcessor:
         already = tx.applied(list(unique))
         fresh = [e for uid, e in unique.items() if uid not in already]
         result.duplicates = len(events) - len(fresh)
+        if self.screen is not None:  # erased identifiers (tessera.privacy.suppression)
+            fresh = self.screen(fresh)
         identifiers: list[Identifier] = []
         for event in fresh:
             for type_, value in event.identifiers:

@@ -15,6 +15,7 @@ import orjson
 from tessera.config import TesseraConfig
 from tessera.events.envelope import Event
 from tessera.identity.extract import get_path
+from tessera.privacy.consent import consent_traits
 
 MAX_TRAITS_PER_EVENT = 200
 
@@ -46,8 +47,12 @@ class TraitExtractor:
                     out.update(context["traits"])
                 if data.get("type") == "identify" and isinstance(data.get("traits"), dict):
                     out.update(data["traits"])
+                if isinstance(context, dict) and "consent" in context:
+                    out.update(consent_traits(context["consent"]))  # consent.<purpose>
             elif isinstance(data.get("traits"), dict):
                 out.update(data["traits"])
+            if "consent" in data:
+                out.update(consent_traits(data["consent"]))
         if self._mappings:
             envelope = {"data": data, "subject": event.subject, **event.extensions}
             for path, trait in self._mappings_for(event.type):

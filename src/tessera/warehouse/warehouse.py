@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,6 +158,56 @@ class Warehouse:
             self.parquet_dir.rename(old)
         tmp.rename(self.parquet_dir)
         shutil.rmtree(old, ignore_errors=True)
+
+    # -- erasure -------------------------------------------------------------
+
+    def erase(self, profile_ids: Sequence[str]) -> int:
+        """Remove these profiles' rows from every table and from the Parquet files; how many.
+
+        DuckDB leaves deleted data in the file's free blocks, so the database is
+        then copied into a new file that replaces the old one: afterwards no byte
+        of the rows remains on disk. The Parquet files are written again.
+        """
+        ids = list(profile_ids)
+        present = {r[0] for r in self.conn.execute(
+            "SELECT table_name FROM information_schema.tables").fetchall()}
+        removed = 0
+        self.conn.execute("BEGIN")
+        try:
+            for table in [*TABLES, "trait_sync_state"]:
+                if table not in present:
+                    continue
+                where = "profile_id IN (SELECT unnest(?))"
+                if table == "merges":
+                    where += " OR merged_id IN (SELECT unnest(?))"
+                params = [ids, ids] if table == "merges" else [ids]
+                row = self.conn.execute(f"SELECT count(*) FROM {table} WHERE {where}",
+                                        params).fetchone()
+                removed += int(row[0]) if row else 0
+                self.conn.execute(f"DELETE FROM {table} WHERE {where}", params)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self._rewrite_file()
+        if self.parquet_dir.exists():
+            self.write_parquet()
+        return removed
+
+    def _rewrite_file(self) -> None:
+        import duckdb
+
+        fresh = self.path.with_name(self.path.name + ".new")
+        fresh.unlink(missing_ok=True)
+        row = self.conn.execute("SELECT current_database()").fetchone()
+        assert row is not None
+        self.conn.execute(f"ATTACH '{fresh}' AS erased_copy")
+        self.conn.execute(f'COPY FROM DATABASE "{row[0]}" TO erased_copy')
+        self.conn.execute("DETACH erased_copy")
+        self.conn.close()
+        fresh.replace(self.path)
+        Path(str(self.path) + ".wal").unlink(missing_ok=True)
+        self.conn = duckdb.connect(str(self.path))
 
     # -- queries -------------------------------------------------------------
 

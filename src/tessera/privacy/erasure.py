@@ -1,0 +1,222 @@
+"""Erasure of a whole resolved person, everywhere Tessera keeps them.
+
+One request names one identifier; the person is everything the identity graph
+linked to it: every identifier, every profile merged in, every event. The
+steps run in an order that makes a crash or a concurrent event harmless:
+
+1. the person's identifiers go on the suppression list first, so no event
+   (late, in flight, or replayed) can bring them back while the rest runs;
+2. the warehouse (the step most likely to be busy) and the journey state;
+3. the store, in one transaction (or the profile is anonymized);
+4. the bus: events, derived events and dead letters that name the person;
+5. ``profile.erased`` is published to the ``derived`` topic so that
+   subscribers can erase their copies, and the request is audited without
+   any personal data (the profile id and counts only).
+
+Running the same request again is safe: whatever is left is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from tessera.bus.base import Message
+from tessera.events import DERIVED_TOPIC, EVENTS_TOPIC
+from tessera.events.envelope import Event, iso_time
+from tessera.privacy.records.base import AuditEntry
+from tessera.privacy.suppression import identifier_digest
+from tessera.store.base import Identifier
+
+if TYPE_CHECKING:
+    from tessera.runtime import Runtime
+
+ERASED_SOURCE = "tessera/privacy"
+MIN_SUBSTRING = 6
+"""Undecodable payloads are matched by substring, for identifier values at least this long."""
+
+
+class InvalidIdentifier(ValueError):
+    """The identifier is not ``type:value`` of a known type, or its value normalizes to nothing."""
+
+
+class ErasureBusy(RuntimeError):
+    """A part of the installation could not be erased right now (the warehouse file is
+    locked by another process); the request can be repeated."""
+
+
+@dataclass(slots=True)
+class ErasureReport:
+    request_id: str
+    profile_found: bool
+    mode: str
+    profile_ids: list[str] = field(default_factory=list)
+    identifiers: int = 0
+    events: int = 0
+    bus_messages: int = 0
+    journey_rows: int = 0
+    warehouse_rows: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_identifier(runtime: Runtime, text: str) -> Identifier:
+    """``type:value`` normalized as ingest normalizes it (``Jane@Example.com`` -> lower case)."""
+    type_, sep, raw = text.partition(":")
+    if not sep or not type_ or not raw:
+        raise InvalidIdentifier("must be 'type:value', e.g. 'email:jane@example.com'")
+    if runtime.config.identifier(type_) is None:
+        known = ", ".join(sorted(i.type for i in runtime.config.all_identifiers()))
+        raise InvalidIdentifier(f"unknown identifier type {type_!r}; known: {known}")
+    value = runtime.extractor.normalize(type_, raw)
+    if not value:
+        raise InvalidIdentifier(f"the {type_} value is not a usable identifier")
+    return type_, value
+
+
+def matcher(identifiers: set[Identifier], profile_ids: set[str],
+            event_uids: set[str]) -> Callable[[bytes], bool]:
+    """Whether a bus payload belongs to the person: exact, typed comparisons only.
+
+    An event belongs if it is one of the person's timeline events, carries one
+    of their identifiers, or names one of their profile ids anywhere (derived
+    events, journey events). Comparing typed pairs rather than substrings keeps
+    a user id like ``42`` from erasing strangers' events that merely contain 42.
+    """
+    long_values = [v.encode() for _, v in identifiers if len(v) >= MIN_SUBSTRING]
+
+    def names_profile(value: Any) -> bool:
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, str):
+                if item in profile_ids:
+                    return True
+            elif isinstance(item, dict):
+                stack.extend(item.values())
+            elif isinstance(item, list):
+                stack.extend(item)
+        return False
+
+    def match(payload: bytes) -> bool:
+        try:
+            doc = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            doc = None
+        if not isinstance(doc, dict):
+            return any(v in payload for v in long_values)
+        if doc.get("uid") in event_uids:
+            return True
+        for pair in doc.get("identifiers") or ():
+            if not (isinstance(pair, list) and len(pair) == 2):
+                continue
+            type_, value = pair[0], pair[1]
+            if (type_, value) in identifiers or (type_ == "profile_id" and value in profile_ids):
+                return True
+            if type_ == "previous_id" and (("user_id", value) in identifiers
+                                           or ("anonymous_id", value) in identifiers):
+                return True
+        return bool(profile_ids) and names_profile(doc.get("data"))
+
+    return match
+
+
+async def erase_person(runtime: Runtime, identifier: Identifier, actor: str) -> ErasureReport:
+    from tessera.activation.state import FILE_NAME
+    from tessera.journeys.state import SQLiteJourneyState
+
+    mode = runtime.config.privacy.erasure
+    report = ErasureReport(request_id=f"er_{uuid.uuid4().hex[:16]}", profile_found=False,
+                           mode=mode)
+    store = runtime.store
+    type_, value = identifier
+    pid = await asyncio.to_thread(store.resolve, f"{type_}:{value}")
+    profile = await asyncio.to_thread(store.get_profile, pid) if pid else None
+    identifiers: set[Identifier] = {identifier}
+    pids: set[str] = set()
+    if profile is not None:
+        report.profile_found = True
+        identifiers |= {(i.type, i.value) for i in profile.identities}
+        pids = {profile.id} | {m.merged for m in profile.merged_from}
+    # 1. nothing may bring them back from now on
+    await asyncio.to_thread(runtime.records.suppress,
+                            sorted(identifier_digest(t, v) for t, v in identifiers), time.time())
+    # 2. the warehouse and the journeys, while the profile still resolves (a retry works)
+    if pids:
+        report.warehouse_rows = await asyncio.to_thread(_erase_warehouse, runtime, sorted(pids))
+    journeys_file = runtime.data_dir / FILE_NAME
+    early = matcher(identifiers, pids, set())
+    if journeys_file.exists():
+        def journeys() -> int:
+            state = SQLiteJourneyState(journeys_file)
+            try:
+                return state.erase(sorted(pids), early)
+            finally:
+                state.close()
+
+        report.journey_rows = await asyncio.to_thread(journeys)
+    # 3. the store
+    uids: set[str] = set()
+    if profile is not None:
+        erased = await asyncio.to_thread(store.erase, profile.id, mode == "anonymize")
+        identifiers |= set(erased.identifiers)
+        pids |= set(erased.profile_ids)
+        uids = set(erased.event_uids)
+        report.events = len(uids)
+        if erased.identifiers:  # linked since step 1: suppress those too
+            await asyncio.to_thread(
+                runtime.records.suppress,
+                sorted(identifier_digest(t, v) for t, v in erased.identifiers), time.time())
+    report.identifiers = len(identifiers)
+    report.profile_ids = sorted(pids)
+    # 4. the bus and its dead letters
+    report.bus_messages = await runtime.bus.erase([EVENTS_TOPIC, DERIVED_TOPIC],
+                                                  matcher(identifiers, pids, uids))
+    # 5. tell subscribers, and remember that it was done (without the person)
+    if profile is not None:
+        await runtime.bus.publish(DERIVED_TOPIC, [_erased_message(report, profile.id)])
+    await asyncio.to_thread(runtime.records.audit, AuditEntry(
+        action="privacy.erasure", actor=actor, at=time.time(),
+        target=profile.id if profile else "(no profile)",
+        details={k: v for k, v in report.as_dict().items() if k != "profile_ids"}
+        | {"merged_profile_ids": sorted(pids - {profile.id}) if profile else []}))
+    return report
+
+
+def _erase_warehouse(runtime: Runtime, pids: list[str]) -> int:
+    path = runtime.data_dir / "warehouse.duckdb"
+    if not path.exists():
+        return 0
+    import duckdb
+
+    from tessera.warehouse import Warehouse
+
+    try:
+        warehouse = Warehouse(runtime.data_dir)
+    except duckdb.IOException as exc:  # another process holds the file
+        raise ErasureBusy(f"the warehouse file is in use: {exc}") from None
+    try:
+        return warehouse.erase(pids)
+    finally:
+        warehouse.close()
+
+
+def _erased_message(report: ErasureReport, profile_id: str) -> Message:
+    now = time.time()
+    event = Event(
+        id=f"{report.request_id}:profile.erased", source=ERASED_SOURCE, type="profile.erased",
+        time=now, received_at=now, source_name="tessera",
+        data={"profile_id": profile_id, "merged_profile_ids":
+              [p for p in report.profile_ids if p != profile_id],
+              "request_id": report.request_id, "mode": report.mode, "erased_at": iso_time(now)},
+        identifiers=[("profile_id", profile_id)], subject=profile_id,
+        datacontenttype="application/json",
+    )
+    return Message(event.uid, event.partition_key, event.to_json())
