@@ -216,3 +216,37 @@ async def test_state_file_is_the_activation_db(tmp_path: Path) -> None:
     state = SQLiteJourneyState(tmp_path / "activation.db")
     assert any(m.journey == "cart" and m.waiting == 1 for m in state.metrics())
     state.close()
+
+
+async def test_a_timer_never_fires_ahead_of_events_accepted_before_it_came_due(
+    tmp_path: Path,
+) -> None:
+    """An engine running behind must not remind a customer whose checkout is already
+    accepted but not yet read: the timer waits for the engine's watermark."""
+    from tessera.journeys.engine import JourneyEngine
+    from tessera.runtime import Runtime
+
+    cfg = config_with(journeys=[cart_journey("10s")])
+    runtime = Runtime(cfg, tmp_path)
+    await runtime.start()
+    worker = runtime.worker()
+    processing = asyncio.create_task(worker.run(idle_timeout=0.05))
+    now = [1_000.0]
+    state = SQLiteJourneyState(tmp_path / "journeys.db")
+    engine = JourneyEngine(cfg.journeys, runtime.bus, runtime.store, state, clock=lambda: now[0])
+    h = Harness(runtime, None)  # type: ignore[arg-type]
+    try:
+        await h.send({"email": "paid@example.com", "value": 1}, "cart_updated")
+        await h.send({"email": "gone@example.com", "value": 2}, "cart_updated")
+        await engine.run_until_idle()  # both enter; their timers are due at 1,010
+        await h.send({"email": "paid@example.com"}, "checkout_completed")  # not read yet
+        now[0] = 1_011.0
+        assert await engine.fire_due() == 0  # due, but the engine has read only up to 1,000
+        await engine.run_until_idle()  # reads the checkout, then fires what is due
+        reminders = await emitted(h, "x.reminder")
+    finally:
+        worker.stop()
+        await processing
+        await runtime.close()
+    assert [r.data["email"] for r in reminders] == ["gone@example.com"]
+    assert engine.watermark() == 1_011.0

@@ -13,6 +13,13 @@ destination with retries and dead letters), ``exit`` completes the journey.
 The timer loop looks for due timers every ``tick`` seconds (0.1 by default)
 and fires them in their own transaction, so a timer fires on time even after
 a restart (one that came due while the engine was down fires at once).
+
+A timer never fires ahead of the events: one due at T waits until the engine
+has read every message the bus held at T, on both topics (its *watermark*).
+Otherwise an engine running behind (after a restart, under a burst) would
+send the abandoned-cart reminder for a cart whose checkout is already
+accepted but not yet read. When the engine keeps up, the watermark trails the
+clock by at most one fetch (0.25 s).
 """
 
 from __future__ import annotations
@@ -112,8 +119,14 @@ class JourneyEngine:
             self._filters += [j.trigger, *j.exit_on]
             self._filters += [s.wait.until for s in j.steps if s.wait and s.wait.until]
         self._stop = asyncio.Event()
+        self._caught_up: dict[str, float] = {}
+        """Per topic: when the latest fetch that emptied it (fewer than a batch) began."""
 
     # -- running ----------------------------------------------------------------
+
+    def watermark(self) -> float:
+        """Every message the bus held before this time has been handled, on every topic."""
+        return min(self._caught_up.get(t, float("-inf")) for t in TOPICS)
 
     def stop(self) -> None:
         self._stop.set()
@@ -168,8 +181,10 @@ class JourneyEngine:
     # -- events -----------------------------------------------------------------
 
     async def step(self, topic: str, timeout: float) -> int:
+        started = self.clock()
         deliveries = await self.bus.fetch(topic, GROUP, self.batch_size, timeout)
         if not deliveries:
+            self._caught_up[topic] = started
             return 0
         relevant: list[tuple[Delivery, Event]] = []
         for d in deliveries:
@@ -187,6 +202,8 @@ class JourneyEngine:
             await asyncio.to_thread(self._handle_events, events)
             await self.relay()
         await self.bus.ack(deliveries)
+        if len(deliveries) < self.batch_size:
+            self._caught_up[topic] = started
         return len(deliveries)
 
     def _handle_events(self, events: list[Event]) -> None:
@@ -344,7 +361,8 @@ class JourneyEngine:
     # -- timers -------------------------------------------------------------------
 
     async def fire_due(self) -> int:
-        due = await asyncio.to_thread(self.state.due_timers, self.clock(), 200)
+        until = min(self.clock(), self.watermark())
+        due = await asyncio.to_thread(self.state.due_timers, until, 200)
         if not due:
             return 0
         fired = await asyncio.to_thread(self._fire, due)
