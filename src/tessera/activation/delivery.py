@@ -34,6 +34,7 @@ from tessera.activation.state import ActivationState
 from tessera.bus.base import Bus, BusUnavailable, Delivery
 from tessera.catalog.resolver import ResolveError, Resolver
 from tessera.events.envelope import Event
+from tessera.privacy.consent import has_consent
 from tessera.processing.profiles import decode
 from tessera.store.base import Store
 
@@ -299,6 +300,10 @@ class SubscriptionRunner:
                 self.acks.append(d)
                 self.stats.filtered_out += 1
                 continue
+            if self.sub.purpose is not None and not _consents(self.sub.purpose, event, snap):
+                self.acks.append(d)  # no consent for this purpose: never delivered
+                self.stats.filtered_out += 1
+                continue
             body = shape(self.name, self.sub.shape, event, snap, ctx, pid)
             item = Item(topic, d, Outgoing(message_id(self.name, event.uid), body, encode(body),
                                            pid))
@@ -418,6 +423,12 @@ class SubscriptionRunner:
 
     def idle(self) -> bool:
         return not self.in_flight and not self.acks
+
+
+def _consents(purpose: str, event: Event, snap: dict[str, Any] | None) -> bool:
+    if event.type == "profile.erased":  # compliance notices reach every subscriber
+        return True
+    return snap is not None and has_consent(snap["traits"], purpose)
 
 
 def _derived_profile_id(event: Event) -> str | None:

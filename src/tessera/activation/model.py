@@ -204,6 +204,8 @@ Destination = Annotated[
 
 
 Topic = Literal["events", "derived"]
+Purpose = Literal["marketing_email", "marketing_sms", "personalization", "analytics"]
+"""The consent purposes (:data:`tessera.privacy.consent.PURPOSES`)."""
 
 
 def _all_topics() -> list[Topic]:
@@ -220,9 +222,12 @@ class SubscriptionConfig(Model):
     topics: list[Topic] = Field(default_factory=_all_topics, min_length=1)
     start: Literal["now", "beginning"] = "now"
     """Where a new subscription starts reading: events accepted from now on, or all."""
+    purpose: Purpose | None = None
+    """What the deliveries are for: then only people whose ``consent.<purpose>`` trait is
+    true get them (``profile.erased`` notices always go out)."""
 
     def needs_profile(self) -> bool:
-        if self.shape == "fat" or self.filter.needs_profile():
+        if self.shape == "fat" or self.filter.needs_profile() or self.purpose is not None:
             return True
         if isinstance(self.shape, Shape):
             text = repr(self.shape.fields or self.shape.template)
