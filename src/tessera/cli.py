@@ -92,12 +92,15 @@ def configure_logging(level: str = "info") -> None:
 
     import structlog
 
+    from tessera.privacy.masking import mask_pii
+
     logging.basicConfig(level=level.upper(), format="%(message)s")
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            mask_pii,  # no personal data in logs (tessera.privacy.masking)
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),

@@ -46,6 +46,9 @@ class Runtime:
         self.extractor = IdentifierExtractor(config)
         self.processor = ProfileProcessor(config, self.store)
         self.processor.screen = self._screen
+        from tessera.privacy import masking
+
+        masking.declare(config)  # this installation's identifier types and PII fields
         self.write_keys = {s.write_key: s.name for s in config.sources}
         self.api_keys = {k.key: frozenset(k.scopes) for k in config.api_keys}
         self._started = False
