@@ -18,6 +18,7 @@ from tessera.activation.service import ActivationService, overview
 from tessera.api.app import create_app
 from tessera.config import default_config, parse_config
 from tessera.journeys.report import counts_in
+from tessera.personalization.service import PersonalizationService
 from tessera.runtime import Runtime
 from tests.activation.receiver import Receiver
 from tests.console.scenario import EVENTS, cloudevent, put_dead_letters
@@ -50,7 +51,13 @@ class Console:
         return match.group(1)
 
     async def process(self) -> None:
+        """The profiles processor, then the personalization processor (segments)."""
         await self.runtime.worker().run_until_idle()
+        service = PersonalizationService.from_runtime(self.runtime, profile_wait_seconds=0.2)
+        try:
+            await service.run_until_idle()
+        finally:
+            service.state.close()
 
     def resolve(self, identifier: str) -> str:
         pid = self.runtime.store.resolve(identifier)
@@ -102,8 +109,9 @@ async def console(tmp_path: Path) -> AsyncIterator[Console]:
                 headers={"Authorization": f"Bearer {key}",
                          "Content-Type": "application/cloudevents+json"})
             assert response.status_code == 202, response.text
-        await runtime.worker().run_until_idle()
-        yield Console(client, runtime)
+        console = Console(client, runtime)
+        await console.process()
+        yield console
 
 
 @dataclass

@@ -204,6 +204,10 @@ def test_find_a_customer_and_see_why_they_were_merged(
     _login(page, server)
     page.wait_for_url(server.url + "/console")
     search = page.locator("header form.search input[name=q]")
+    # the personalization processor (a process of its own) has put Jane in her segments
+    _wait("Jane's segments", lambda: any(
+        s["segment"] == "members" for s in _admin(
+            server.url, "/v1/profiles/member_number:M-1001/segments")["segments"]))
     search.fill("Jane@Example.com")
     search.press("Enter")
     page.wait_for_url(re.compile(r".*/console/profiles/prf_[0-9a-f]+$"))
@@ -228,7 +232,10 @@ def test_find_a_customer_and_see_why_they_were_merged(
     timeline = page.locator("#timeline tbody tr")
     assert timeline.count() == 4
     assert "com.example.membership.renewed" in timeline.first.inner_text()
-    assert page.locator("#consent .not-available").is_visible()
+    assert page.locator("#segments [data-segment=members]").is_visible()
+    assert page.locator("#next-best-actions tr[data-channel=email]").is_visible()
+    assert "no decision" in page.locator(
+        "#consent tr[data-purpose=marketing_email]").inner_text()
     page.locator("#identity").screenshot(path=str(shots / "identity-graph.png"))
     page.screenshot(path=str(shots / "customer-360.png"), full_page=True)
 

@@ -27,6 +27,7 @@ from starlette.templating import Jinja2Templates
 from tessera.activation.api import activation_state
 from tessera.activation.service import overview as subscriptions_overview
 from tessera.console.graph import MergeView, identity_svg
+from tessera.console.personalized import consent, personalized
 from tessera.console.session import COOKIE, MAX_AGE_SECONDS, Sessions
 from tessera.console.tail import MAX_PER_BATCH, TAIL
 from tessera.events.envelope import iso_time
@@ -66,12 +67,8 @@ SECTIONS = [
     Section("identity-review", "/console/identity-review", "Identity review"),
     Section("dead-letters", "/console/dead-letters", "Dead letters"),
 ]
-PROFILE_SECTIONS_NOT_YET = [
-    {"key": "segments", "title": "Segments", "why": "segments are not computed by this version."},
-    {"key": "next-best-actions", "title": "Next best actions",
-     "why": "next best actions are not part of this version."},
-    {"key": "consent", "title": "Consent", "why": "consent is not recorded by this version."},
-]
+PROFILE_SECTIONS_NOT_YET: list[dict[str, str]] = []
+"""Customer 360 sections whose part of Tessera does not exist yet (``key``, ``title``, ``why``)."""
 
 
 def _when(ts: float | None) -> str:
@@ -464,6 +461,7 @@ async def customer_360(request: Request, pid: str) -> Response:
     journeys = await asyncio.to_thread(
         instances_of, runtime.config.journeys, runtime.data_dir,
         [profile.id, *(m.merged for m in profile.merged_from)])
+    personal = await asyncio.to_thread(personalized, runtime, profile.id)
     traits = [{"name": n, "trait": t} for n, t in sorted(profile.traits.items())]
     identities = sorted(profile.identities, key=lambda i: (i.type, i.value))
     return _page(
@@ -472,6 +470,7 @@ async def customer_360(request: Request, pid: str) -> Response:
         merges=merges, graph=identity_svg(profile, merges), entries=entries,
         next_cursor=next_cursor, profile_id=profile.id, unavailable=PROFILE_SECTIONS_NOT_YET,
         journeys=journeys, journeys_configured=bool(runtime.config.journeys),
+        personal=personal, consent=consent(profile),
     )
 
 
