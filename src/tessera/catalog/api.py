@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from tessera.api.auth import require_scope
+from tessera.api.body import parse_json, read_body
 from tessera.api.errors import ApiError, json_response
 from tessera.catalog.asyncapi import asyncapi_document
 from tessera.catalog.gate import gate_of, release
@@ -21,6 +22,8 @@ from tessera.catalog.model import EventType
 from tessera.catalog.resolver import ResolveError, Resolver
 from tessera.events.errors import FieldError
 from tessera.runtime import Runtime
+
+MAX_BODY = 1024 * 1024
 
 router = APIRouter(tags=["catalog"])
 
@@ -98,10 +101,8 @@ async def quarantine(request: Request, type: str | None = None, limit: int = 100
              summary="Validate quarantined events again and process the valid ones")
 async def quarantine_release(request: Request) -> Response:
     runtime = _runtime(request, "admin")
-    try:
-        body = await request.json() if await request.body() else {}
-    except ValueError:
-        raise ApiError(400, "invalid_body", "the body must be JSON") from None
+    raw = await read_body(request, MAX_BODY)
+    body = parse_json(raw) if raw else {}  # strict JSON, 400 naming the reason
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "the body must be a JSON object")
     ids = body.get("ids")
@@ -121,7 +122,7 @@ async def quarantine_release(request: Request) -> Response:
 async def resolve(request: Request) -> Response:
     runtime = _runtime(request, "profiles:read")
     gate = gate_of(runtime)
-    event = await request.json()
+    event = parse_json(await read_body(request, MAX_BODY))
     if not isinstance(event, dict):
         raise ApiError(400, "invalid_body", "send one CloudEvent (a JSON object)")
     if gate is None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from tessera.api.auth import require_scope
+from tessera.api.body import parse_json, read_body
 from tessera.api.errors import ApiError, json_response
 from tessera.identity.review import STATES, ReviewStore
 from tessera.runtime import Runtime
@@ -28,10 +28,7 @@ def _setup(request: Request) -> tuple[Runtime, ReviewStore]:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"the body is not JSON: {exc}") from None
+    body = parse_json(await read_body(request, 64 * 1024))  # strict JSON, 400 with the reason
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_request", "the body must be a JSON object")
     return body

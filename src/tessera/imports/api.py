@@ -25,6 +25,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from tessera.api.auth import require_scope
+from tessera.api.body import parse_json, read_body
 from tessera.api.errors import ApiError, json_response
 from tessera.imports.job import ImportError_, ImportJob
 from tessera.imports.mapping import MappingError, parse_mapping
@@ -88,10 +89,7 @@ async def start_import(request: Request) -> Response:
     require_scope(runtime, request, "admin")
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
-        try:
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError as exc:
-            raise ApiError(400, "invalid_json", f"the body is not JSON: {exc}") from None
+        body = parse_json(await read_body(request, 1024 * 1024))  # strict, 400 with the reason
         if not isinstance(body, dict) or not isinstance(body.get("path"), str):
             raise ApiError(400, "invalid_request", "give path, source and mapping")
         path = Path(body["path"])

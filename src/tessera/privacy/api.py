@@ -212,6 +212,46 @@ class Guard:
             structlog.get_logger("tessera.audit").error("audit.write_failed", action=entry.action)
 
 
+COMMON_ERRORS = {
+    "400": "Invalid request: the body names every bad field and why",
+    "401": "No API key, or an unknown one",
+    "403": "The key is not allowed to do this (scope, or a write key)",
+    "404": "Not found",
+    "413": "Body too large",
+    "415": "Unsupported Content-Type or Content-Encoding",
+    "429": "Rate limited; see Retry-After",
+    "503": "The bus or store cannot be reached; see Retry-After",
+}
+
+
+def describe_errors(doc: dict[str, Any]) -> dict[str, Any]:
+    """Every operation documents the error answers any endpoint can give (authentication,
+    body limits, rate limits, an unreachable backend), with their one JSON shape. FastAPI's
+    422 is replaced: this API answers validation errors with 400."""
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Error"] = ErrorBody.model_json_schema()
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    body = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for item in doc.get("paths", {}).values():
+        for operation in item.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            responses.pop("422", None)
+            for code, text in COMMON_ERRORS.items():
+                responses.setdefault(code, {"description": text, "content": body})
+    return doc
+
+
 def install(app: FastAPI, runtime: Runtime) -> None:
     app.include_router(router)
     app.add_middleware(Guard, runtime=runtime)
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = describe_errors(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
