@@ -51,13 +51,14 @@ def evaluate_all(engine: Personalizer, chunk: int = 500,
     for pids in _chunks(engine.store.iter_profile_ids(), chunk):
         outcome = Outcome()
         now = engine.clock()
+        profiles = engine.read_profiles(pids)
         with engine.state.transaction() as tx:
             tx.lock(pids)
             states = tx.trait_states(pids)
             members = tx.memberships(pids)
             for pid in pids:
                 engine.evaluate(tx, pid, states[pid], members[pid],
-                                Cause(f"{run}:{pid}", "batch"), now, outcome)
+                                Cause(f"{run}:{pid}", "batch"), now, outcome, profiles[pid])
             engine.queue(tx, outcome)
         report.profiles += len(pids)
         _add(report, outcome)

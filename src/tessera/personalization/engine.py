@@ -32,7 +32,7 @@ from tessera.events.envelope import Event, iso_time
 from tessera.personalization.computed import ComputedTraits, TraitState
 from tessera.personalization.consent import TraitConsent
 from tessera.personalization.model import PersonalizationConfig
-from tessera.personalization.rules import Facts, audience_order, memberships
+from tessera.personalization.rules import Facts, audience_order, compiled, memberships
 from tessera.personalization.state.base import OfferRecord, State, StateTx, TraitStates
 from tessera.store.base import Profile, Store
 
@@ -72,6 +72,17 @@ def profile_facts(profile: Profile | None, pid: str) -> tuple[dict[str, Any],
     return {n: t.value for n, t in profile.traits.items()}, identifiers
 
 
+_last_iso: tuple[float, str] = (0.0, iso_time(0.0))
+
+
+def _iso(at: float) -> str:
+    """``iso_time`` remembered for the last time asked: a batch stamps thousands alike."""
+    global _last_iso
+    if _last_iso[0] != at:
+        _last_iso = (at, iso_time(at))
+    return _last_iso[1]
+
+
 class Personalizer:
     def __init__(self, config: PersonalizationConfig, store: Store, state: State,
                  clock: Callable[[], float] = time.time) -> None:
@@ -81,11 +92,30 @@ class Personalizer:
         self.clock = clock
         self.computed = ComputedTraits(config.all_computed())
         self.audiences = audience_order(config.audiences)
+        self.rules = [compiled(a.rule) for a in self.audiences]
         self.consent = TraitConsent(config.consent_trait_prefix)
         self._outcomes = [(name, getattr(config.outcomes, name))
                           for name in ("presented", "accepted", "declined")]
 
     # -- facts --------------------------------------------------------------------
+
+    def read_profiles(self, pids: Sequence[str]
+                      ) -> dict[str, tuple[dict[str, Any], dict[str, list[str]]]]:
+        """(trait values, identifiers) of many profiles in two reads (batch evaluation).
+
+        The store contract offers bulk reads inside a transaction only; the transaction
+        writes nothing (in SQLite it holds the write lock for the two reads).
+        """
+        with self.store.transaction() as stx:
+            traits = stx.traits(pids)
+            links = stx.identifiers_of(pids)
+        out = {}
+        for pid in pids:
+            identifiers: dict[str, list[str]] = {}
+            for type_, value in links.get(pid, []):
+                identifiers.setdefault(type_, []).append(value)
+            out[pid] = ({n: t.value for n, t in traits.get(pid, {}).items()}, identifiers)
+        return out
 
     def facts(self, pid: str, profile: Profile | None, states: TraitStates, now: float) -> Facts:
         traits, identifiers = profile_facts(profile, pid)
@@ -162,11 +192,23 @@ class Personalizer:
     # -- memberships ----------------------------------------------------------------
 
     def evaluate(self, tx: StateTx, pid: str, states: TraitStates, current: dict[str, float],
-                  cause: Cause, now: float, result: Outcome) -> None:
+                  cause: Cause, now: float, result: Outcome,
+                  known: tuple[dict[str, Any], dict[str, list[str]]] | None = None) -> None:
+        """Evaluate every audience for one profile; enter and leave as the result says.
+
+        ``known`` is the profile's (trait values, identifiers) when the caller read them
+        in bulk (batch evaluation); otherwise the profile is read from the store.
+        """
         if not self.audiences:
             return
-        facts = self.facts(pid, self.store.get_profile(pid), states, now)
-        wanted = memberships(self.audiences, facts)
+        if known is None:
+            facts = self.facts(pid, self.store.get_profile(pid), states, now)
+        else:
+            traits, identifiers = known
+            facts = Facts(profile_id=pid, traits=traits,
+                          computed=self.computed.values(states, now), identifiers=identifiers,
+                          consent=self.consent.for_profile(traits))
+        wanted = memberships(self.audiences, facts, self.rules)
         for name in [a.name for a in self.audiences]:
             if name in wanted and name not in current:
                 tx.enter(name, pid, now)
@@ -189,16 +231,17 @@ class Personalizer:
             "profile_id": pid,
             "segment": audience,
             "reason": cause.reason,
-            "at": iso_time(now),
+            "at": _iso(now),
             "caused_by": {"uid": cause.uid, "type": cause.type,
                           "received_at": cause.received_at},
         }
         if since is not None:
             data["member_since"] = iso_time(since)
+        # uid given: the digest is already unique and stable, no second hash needed
         return Event(id=f"seg_{digest}", source=SOURCE, type=kind, time=now, received_at=now,
                      source_name="tessera", data=data, identifiers=[("profile_id", pid)],
                      subject=pid, datacontenttype="application/json",
-                     extensions={"tesserasegment": audience})
+                     extensions={"tesserasegment": audience}, uid=digest)
 
     @staticmethod
     def queue(tx: StateTx, result: Outcome) -> None:

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
-from tessera.activation.expr import holds
-from tessera.personalization.model import AudienceConfig, EventHistory, Rule
+# the condition language's own comparison and path walk, so operators mean the same here
+from tessera.activation.expr import _compare, get
+from tessera.personalization.model import AudienceConfig, Rule
 
 
 @dataclass(slots=True)
@@ -41,31 +42,63 @@ class Facts:
         }
 
 
-def _history_holds(history: EventHistory, facts: Facts) -> bool:
-    count = facts.computed.get(history.trait().name, 0) or 0
-    if count < history.min:
-        return False
-    return history.max is None or count <= history.max
+Compiled = Callable[[Facts, dict[str, Any]], bool]
+_CACHE: dict[int, tuple[Rule, Compiled]] = {}
+_CACHE_LIMIT = 10_000
+
+
+def _compile(rule: Rule) -> Compiled:
+    """A rule as nested closures: its operators, paths and implicit trait names are looked
+    up once here rather than on every evaluation (batch evaluation runs millions)."""
+    if rule.all_ is not None:
+        parts = [_compile(r) for r in rule.all_]
+        return lambda f, c: all(p(f, c) for p in parts)
+    if rule.any_ is not None:
+        parts = [_compile(r) for r in rule.any_]
+        return lambda f, c: any(p(f, c) for p in parts)
+    if rule.not_ is not None:
+        inner = _compile(rule.not_)
+        return lambda f, c: not inner(f, c)
+    if rule.audience is not None:
+        audience = rule.audience
+        return lambda f, c: audience in f.audiences
+    if rule.consent is not None:
+        purpose = rule.consent
+        return lambda f, c: bool(f.consent(purpose))
+    if rule.event is not None:
+        name, low, high = rule.event.trait().name, rule.event.min, rule.event.max
+
+        def history(f: Facts, c: dict[str, Any]) -> bool:
+            count = f.computed.get(name, 0) or 0
+            return bool(count >= low and (high is None or count <= high))
+
+        return history
+    condition = rule.condition
+    assert condition is not None
+    path = condition.path
+    assert path is not None
+    ops = condition.operators()
+    if len(ops) == 1:
+        op, expected = ops[0]
+        return lambda f, c: _compare(op, get(c, path), expected)
+    return lambda f, c: all(_compare(op, get(c, path), exp) for op, exp in ops)
+
+
+def compiled(rule: Rule) -> Compiled:
+    """The compiled form of a rule, cached for as long as the rule object lives."""
+    found = _CACHE.get(id(rule))
+    if found is not None and found[0] is rule:
+        return found[1]
+    if len(_CACHE) >= _CACHE_LIMIT:
+        _CACHE.clear()
+    fn = _compile(rule)
+    _CACHE[id(rule)] = (rule, fn)
+    return fn
 
 
 def evaluate(rule: Rule, facts: Facts, ctx: dict[str, Any] | None = None) -> bool:
     """Whether ``rule`` holds for the profile described by ``facts``."""
-    if ctx is None:
-        ctx = facts.context()
-    if rule.all_ is not None:
-        return all(evaluate(r, facts, ctx) for r in rule.all_)
-    if rule.any_ is not None:
-        return any(evaluate(r, facts, ctx) for r in rule.any_)
-    if rule.not_ is not None:
-        return not evaluate(rule.not_, facts, ctx)
-    if rule.audience is not None:
-        return rule.audience in facts.audiences
-    if rule.consent is not None:
-        return bool(facts.consent(rule.consent))
-    if rule.event is not None:
-        return _history_holds(rule.event, facts)
-    assert rule.condition is not None
-    return holds(rule.condition, ctx)
+    return compiled(rule)(facts, facts.context() if ctx is None else ctx)
 
 
 def describe(rule: Rule) -> str:
@@ -109,16 +142,20 @@ def audience_order(audiences: Sequence[AudienceConfig]) -> list[AudienceConfig]:
     return [by_name[n] for n in order]
 
 
-def memberships(audiences: Sequence[AudienceConfig], facts: Facts) -> set[str]:
+def memberships(audiences: Sequence[AudienceConfig], facts: Facts,
+                rules: Sequence[Compiled] | None = None) -> set[str]:
     """Every audience (of ``audiences``, in dependency order) the profile belongs to.
 
     ``facts.audiences`` is filled in as it goes, so later audiences see the earlier
-    ones; it holds the result at the end.
+    ones; it holds the result at the end. ``rules`` are the audiences' compiled rules
+    when the caller keeps them (one cache lookup less per audience and profile).
     """
     facts.audiences = set()
     ctx = facts.context()
-    for audience in audiences:
-        if evaluate(audience.rule, facts, ctx):
+    entered: list[str] = ctx["audiences"]
+    fns = rules if rules is not None else [compiled(a.rule) for a in audiences]
+    for audience, fn in zip(audiences, fns, strict=True):
+        if fn(facts, ctx):
             facts.audiences.add(audience.name)
-            ctx["audiences"] = sorted(facts.audiences)
+            entered.append(audience.name)
     return facts.audiences

@@ -70,8 +70,23 @@ def _marks(n: int) -> str:
 
 
 class SQLiteStateTx(StateTx):
+    """Membership changes are kept and written in bulk (before a read that needs them
+    and at commit): a batch evaluation enters hundreds of thousands."""
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        self._enter: list[tuple[str, str, float]] = []
+        self._leave: list[tuple[str, str]] = []
+
+    def flush(self) -> None:
+        if self._enter:
+            self.conn.executemany("INSERT OR IGNORE INTO pz_members (audience, profile_id, "
+                                  "since) VALUES (?, ?, ?)", self._enter)
+            self._enter = []
+        if self._leave:
+            self.conn.executemany("DELETE FROM pz_members WHERE audience=? AND profile_id=?",
+                                  self._leave)
+            self._leave = []
 
     def applied(self, uids: Sequence[str]) -> set[str]:
         out: set[str] = set()
@@ -112,6 +127,7 @@ class SQLiteStateTx(StateTx):
                               (profile_id, due))
 
     def memberships(self, profile_ids: Iterable[str]) -> dict[str, dict[str, float]]:
+        self.flush()
         ids = sorted(set(profile_ids))
         out: dict[str, dict[str, float]] = {p: {} for p in ids}
         for part in _chunks(ids):
@@ -123,12 +139,14 @@ class SQLiteStateTx(StateTx):
         return out
 
     def enter(self, audience: str, profile_id: str, since: float) -> None:
-        self.conn.execute("INSERT OR IGNORE INTO pz_members (audience, profile_id, since) "
-                          "VALUES (?, ?, ?)", (audience, profile_id, since))
+        if self._leave:
+            self.flush()  # keep the order of a leave followed by an enter
+        self._enter.append((audience, profile_id, since))
 
     def leave(self, audience: str, profile_id: str) -> None:
-        self.conn.execute("DELETE FROM pz_members WHERE audience=? AND profile_id=?",
-                          (audience, profile_id))
+        if self._enter:
+            self.flush()
+        self._leave.append((audience, profile_id))
 
     def add_offers(self, records: Sequence[OfferRecord]) -> None:
         self.conn.executemany(
@@ -151,12 +169,14 @@ class SQLiteStateTx(StateTx):
                           (profile_id, before))
 
     def move(self, from_id: str, into_id: str) -> None:
+        self.flush()
         self.conn.execute("INSERT OR IGNORE INTO pz_offers (profile_id, uid, action, channel, "
                           "outcome, at) SELECT ?, uid, action, channel, outcome, at "
                           "FROM pz_offers WHERE profile_id=?", (into_id, from_id))
         self.drop([from_id])
 
     def drop(self, profile_ids: Sequence[str]) -> None:
+        self.flush()
         for part in _chunks(list(profile_ids)):
             marks = _marks(len(part))
             for table in ("pz_traits", "pz_due", "pz_members", "pz_offers"):
@@ -200,7 +220,9 @@ class SQLiteState(State):
             conn = self.conn()
             conn.execute("BEGIN IMMEDIATE")
             try:
-                yield SQLiteStateTx(conn)
+                tx = SQLiteStateTx(conn)
+                yield tx
+                tx.flush()
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
