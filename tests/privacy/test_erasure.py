@@ -3,6 +3,8 @@ late events, access export, the audit log, and who may ask."""
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 
 from tessera.bus.base import Message
@@ -179,3 +181,25 @@ async def test_who_may_ask_and_what_a_bad_request_says(api: Api) -> None:
         **ADMIN, "Content-Type": "application/json"},
         content=b'{"identifier":"email:a@b.io","identifier":"email:c@d.io"}')
     assert dup.status_code == 400 and "duplicate key" in dup.text
+
+
+async def test_the_privacy_commands_export_and_erase(api: Api) -> None:
+    from typer.testing import CliRunner
+
+    from tessera.cli import app as cli
+
+    await populate(api)
+    data = str(api.runtime.data_dir)
+    runner = CliRunner()
+    export = runner.invoke(cli, ["privacy", "access", f"email:{JANE_EMAIL}", "--data-dir", data])
+    assert export.exit_code == 0, export.output
+    assert orjson.loads(export.output)["traits"]["name"]["value"] == JANE_NAME
+    bad = runner.invoke(cli, ["privacy", "erase", "nonsense", "--yes", "--data-dir", data])
+    assert bad.exit_code == 1 and "type:value" in bad.output
+    erased = await asyncio.to_thread(runner.invoke, cli, [
+        "privacy", "erase", f"email:{JANE_EMAIL}", "--yes", "--data-dir", data])
+    assert erased.exit_code == 0, erased.output
+    assert orjson.loads(erased.output)["events"] == 3
+    assert await _status(api, f"email:{JANE_EMAIL}") == 404
+    again = runner.invoke(cli, ["privacy", "access", f"email:{JANE_EMAIL}", "--data-dir", data])
+    assert again.exit_code == 1 and "no profile" in again.output

@@ -171,3 +171,61 @@ def entry_dict(entry: AuditEntry) -> dict[str, Any]:
 
 privacy_app = typer.Typer(help="Data subject requests: erase or export a person.",
                           no_args_is_help=True)
+
+
+def _subject(runtime: Any, identifier: str) -> tuple[str, str]:
+    from tessera.privacy.erasure import InvalidIdentifier, parse_identifier
+
+    try:
+        return parse_identifier(runtime, identifier)
+    except InvalidIdentifier as exc:
+        raise _fail(f"identifier: {exc}") from None
+
+
+@privacy_app.command("erase")
+def privacy_erase(
+    identifier: Annotated[str, typer.Argument(help="Any identifier of the person (type:value)")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation")] = False,
+    config: ConfigOpt = None, data_dir_: DataDirOpt = None,
+) -> None:
+    """Erase the whole resolved person everywhere, as POST /v1/privacy/erasure does."""
+    import asyncio
+
+    from tessera.privacy.erasure import ErasureBusy, erase_person
+
+    runtime = _runtime(config, data_dir_)
+    subject = _subject(runtime, identifier)
+    if not yes and not typer.confirm("Erase this person and everything linked to them?"):
+        raise typer.Exit(1)
+
+    async def main() -> dict[str, Any]:
+        await runtime.start()
+        try:
+            return (await erase_person(runtime, subject, "cli")).as_dict()
+        finally:
+            await runtime.close()
+
+    try:
+        report = asyncio.run(main())
+    except ErasureBusy as exc:
+        raise _fail(f"{exc}; run the command again") from None
+    console.print_json(orjson.dumps(report).decode())
+
+
+@privacy_app.command("access")
+def privacy_access(
+    identifier: Annotated[str, typer.Argument(help="Any identifier of the person (type:value)")],
+    config: ConfigOpt = None, data_dir_: DataDirOpt = None,
+) -> None:
+    """Print everything held about the person as JSON, as POST /v1/privacy/access does."""
+    from tessera.privacy.access import export_person
+
+    runtime = _runtime(config, data_dir_)
+    export = export_person(runtime, _subject(runtime, identifier))
+    runtime.records.audit(AuditEntry("privacy.access", "cli", time.time(),
+                                     target=export["profile_id"] if export else "(no profile)",
+                                     outcome="ok" if export else "not_found"))
+    runtime.store.close()
+    if export is None:
+        raise _fail("no profile has this identifier")
+    typer.echo(orjson.dumps(export, option=orjson.OPT_INDENT_2).decode())
