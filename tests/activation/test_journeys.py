@@ -250,3 +250,27 @@ async def test_a_timer_never_fires_ahead_of_events_accepted_before_it_came_due(
         await runtime.close()
     assert [r.data["email"] for r in reminders] == ["gone@example.com"]
     assert engine.watermark() == 1_011.0
+
+
+async def test_a_trigger_read_after_a_later_goal_enters_nothing(tmp_path: Path) -> None:
+    """Out of order: the checkout (later by event time) is read before the cart update it
+    completes, so the cart is not abandoned; a cart after that checkout still counts."""
+    cfg = config_with(journeys=[cart_journey("300ms")])
+    async with running(cfg, tmp_path) as h:
+        t = time.time() - 600
+        checkout = h.event({"email": "ooo@example.com"}, "checkout_completed")  # read first
+        cart = h.event({"email": "ooo@example.com", "value": 1}, "cart_updated")
+        checkout.time, cart.time = t + 100, t
+        await h.publish(checkout)
+        await wait_for(lambda: h.runtime.store.resolve("email:ooo@example.com") is not None)
+        await h.publish(cart)
+        await wait_for(lambda: h.activation.engine is not None
+                       and h.activation.engine.stats.goal_already_reached == 1,
+                       what="the late cart update to be recognised")
+        later = h.event({"email": "ooo@example.com", "value": 2}, "cart_updated")
+        later.time = t + 200
+        await h.publish(later)
+        reminders = await wait_emitted(h, "x.reminder", 1)
+        await asyncio.sleep(0.5)
+        reminders = await emitted(h, "x.reminder")
+    assert [r.data["value"] for r in reminders] == [2]

@@ -14,6 +14,11 @@ The timer loop looks for due timers every ``tick`` seconds (0.1 by default)
 and fires them in their own transaction, so a timer fires on time even after
 a restart (one that came due while the engine was down fires at once).
 
+Events arrive out of order (several systems, several requests in flight, a
+mobile app that sends late): a trigger read after a goal event that happened
+later (by event time) enters nothing, since the goal is already reached. The
+profile's latest :data:`GOAL_LOOKBACK` events on its timeline are checked.
+
 A timer never fires ahead of the events: one due at T waits until the engine
 has read every message the bus held at T, on both topics (its *watermark*).
 Otherwise an engine running behind (after a restart, under a burst) would
@@ -50,7 +55,7 @@ from tessera.events.envelope import Event
 from tessera.journeys.model import END, JourneyConfig, Step
 from tessera.journeys.state import Instance, JourneyState, JourneyTx
 from tessera.processing.profiles import decode
-from tessera.store.base import Store
+from tessera.store.base import Store, TimelineEntry
 
 log = structlog.get_logger("tessera.journeys")
 
@@ -61,6 +66,24 @@ ACTION_TYPE = "tessera.journey.action"
 MAX_TRANSITIONS = 100
 """Steps one event or timer may run through (a condition looping back stops here)."""
 MAX_SEEN = 200
+GOAL_LOOKBACK = 50
+"""Latest timeline events looked at for a goal that happened after a trigger."""
+_CE_ATTRIBUTES = frozenset({"specversion", "id", "source", "type", "time", "subject",
+                            "datacontenttype", "dataschema", "data", "tesserasource",
+                            "tesserareceivedat"})
+
+
+def _timeline_event(entry: TimelineEntry) -> Event:
+    """The envelope of an event as the profile's timeline keeps it (a CloudEvent)."""
+    ce = entry.event
+    return Event(
+        id=str(ce.get("id", "")), source=str(ce.get("source", "")), type=entry.type,
+        time=entry.time, received_at=entry.received_at,
+        source_name=str(ce.get("tesserasource", "")), data=ce.get("data"),
+        subject=ce.get("subject"), datacontenttype=ce.get("datacontenttype"),
+        dataschema=ce.get("dataschema"),
+        extensions={k: v for k, v in ce.items() if k not in _CE_ATTRIBUTES},
+        uid=entry.event_uid)
 
 
 def action_subscription(journey: JourneyConfig, step: Step) -> SubscriptionConfig:
@@ -88,6 +111,8 @@ def action_subscriptions(journeys: Sequence[JourneyConfig]) -> list[Subscription
 class EngineStats:
     events: int = 0
     entered: int = 0
+    goal_already_reached: int = 0
+    """Triggers not entered: the profile reached the goal after them, read before them."""
     timers_fired: int = 0
     actions: int = 0
 
@@ -119,6 +144,7 @@ class JourneyEngine:
             self._filters += [j.trigger, *j.exit_on]
             self._filters += [s.wait.until for s in j.steps if s.wait and s.wait.until]
         self._stop = asyncio.Event()
+        self._read_in_batch: set[str] = set()
         self._caught_up: dict[str, float] = {}
         """Per topic: when the latest fetch that emptied it (fewer than a batch) began."""
 
@@ -210,12 +236,14 @@ class JourneyEngine:
         pids = [self.profiles.profile_id(e) for e in events]
         now = self.clock()
         with self.state.transaction() as tx:
+            self._read_in_batch = set()
             for event, pid in zip(events, pids, strict=True):
                 if pid is None or tx.applied(event.uid):
                     continue
                 self.stats.events += 1
                 for journey in self.journeys:
                     self._on_event(tx, journey, event, pid, now)
+                self._read_in_batch.add(event.uid)
             tx.mark_applied([e.uid for e in events])
 
     def _snapshot(self, pid: str) -> dict[str, Any] | None:
@@ -252,7 +280,33 @@ class JourneyEngine:
             if inst.status == "active":
                 still_active.append(inst)
         if (journey.reentry or not still_active) and matches(journey.trigger, event, ctx):
+            if self._goal_read_before(tx, journey, event, pid):
+                self.stats.goal_already_reached += 1
+                return
             self._enter(tx, journey, event, pid, now)
+
+    def _goal_read_before(self, tx: JourneyTx, journey: JourneyConfig, trigger: Event,
+                          pid: str) -> bool:
+        """Whether a goal event of this profile happened at or after ``trigger`` (event
+        time) but was read before it, so entering now would chase a goal already met.
+        (A goal not read yet is no reason: it will be read next, and exit as usual.)"""
+        if not journey.exit_on:
+            return False
+        for entry in self.store.timeline(pid, GOAL_LOOKBACK):
+            if entry.time < trigger.time:
+                return False  # newest first: the rest happened before the trigger
+            if entry.event_uid == trigger.uid:
+                continue
+            if entry.event_uid not in self._read_in_batch and not tx.applied(entry.event_uid):
+                continue
+            goal = _timeline_event(entry)
+
+            def goal_ctx(goal: Event = goal) -> dict[str, Any]:
+                return context(goal, self._snapshot(pid))
+
+            if any(matches(f, goal, goal_ctx) for f in journey.exit_on):
+                return True
+        return False
 
     def _enter(self, tx: JourneyTx, journey: JourneyConfig, event: Event, pid: str,
                now: float) -> None:
