@@ -145,6 +145,27 @@ def test_every_event_is_accepted_once_and_applied(
 
 
 @pytest.mark.slow
+def test_the_three_activation_scenarios_deliver_what_the_simulation_implies(
+    small_run: tuple[DemoResult, str, Path],
+) -> None:
+    result, output, _ = small_run
+    report = result.activation
+    assert report is not None and report.settled
+    assert report.problems == []
+    assert report.unsigned == 0 and report.webhooks > 0
+    # roadside: every driver assignment told its member, with the ticket's ETA
+    assert report.notified == report.tickets > 0
+    assert report.eta_wrong == [] and report.contact_wrong == []
+    assert "Your driver arrives in" in output
+    # membership sync: address changes arrive as exactly that field
+    assert report.address_synced > 0 and report.sync_extra_fields == []
+    # abandoned cart: reminders only for carts nobody checked out
+    assert report.carts > report.carts_checked_out > 0
+    assert report.reminders > 0 and report.wrong_reminders == []
+    assert report.journey["abandoned-cart"]["exited"] > 0
+
+
+@pytest.mark.slow
 def test_profiles_match_the_ground_truth(small_run: tuple[DemoResult, str, Path]) -> None:
     result, _, _ = small_run
     assert result.people == 150

@@ -10,6 +10,9 @@ any profile holds two people, whether family members who share an e-mail
 stayed apart, whether any placeholder value became an identity, and whether
 late events left the newest values in place. It shows one customer's whole
 profile as the profile API returns it, with the ``curl`` commands to ask for it.
+Meanwhile the customer's three activation scenarios run (abandoned cart,
+roadside ETA, membership sync, :mod:`tessera.demo.activation`): their webhooks
+reach a receiver in this process, and are checked against the simulation too.
 
 :func:`run_demo_result` returns everything it measured as a :class:`DemoResult`;
 :func:`run_demo` (the CLI's entry point) returns just the exit code.
@@ -49,7 +52,9 @@ from rich.table import Table
 from rich.text import Text
 
 from tessera.config import default_config
+from tessera.demo import activation
 from tessera.demo.scenario import Ident, Message, Scenario, batches, build_scenario
+from tessera.identity.extract import IdentifierExtractor
 from tessera.store import open_store
 from tessera.store.base import Profile
 
@@ -61,6 +66,8 @@ AUDIT_IN_FLIGHT = 16
 READY_TIMEOUT = 60.0
 STALL_TIMEOUT = 120.0
 """Give up waiting for the processor after this long without progress."""
+DELIVERY_TIMEOUT = 120.0
+"""Give up waiting for the activation scenarios' webhooks after this long."""
 DATA_FILES = ("bus.db", "store.db")
 SERVER_LOG = "demo-server.log"
 
@@ -148,6 +155,7 @@ class DemoResult:
     misspelled_first_names: int = 0
     showcase: dict[str, Any] | None = None
     curl: list[str] = field(default_factory=list)
+    activation: activation.ActivationReport | None = None
     wall_seconds: float = 0.0
 
     @property
@@ -193,6 +201,7 @@ def run_demo_result(
     _describe_scenario(console, scenario, result, time.perf_counter() - t0)
 
     server = Server(data, port, console)
+    receiver: activation.Receiver | None = None
     previous_sigterm = _sigterm_interrupts()
     try:
         if not _port_free(port):
@@ -201,11 +210,15 @@ def run_demo_result(
                 "choose another with --port"
             )
         _fresh_data_dir(console, data)
-        console.print(f"Starting [bold]tessera serve[/bold] on {result.url} (data in {data}) ...")
+        receiver = activation.Receiver().start()
+        data.mkdir(parents=True, exist_ok=True)
+        server.config = activation.write_config(data, receiver.url)
+        console.print(f"Starting [bold]tessera serve[/bold] on {result.url} (data in {data}; "
+                      f"webhooks to the demo's receiver on {receiver.url}) ...")
         server.start()
         result.server_pid = server.pid
         server.wait_ready(READY_TIMEOUT)
-        asyncio.run(_exercise(server, scenario, result, console))
+        asyncio.run(_exercise(server, scenario, result, console, receiver))
         result.wall_seconds = time.perf_counter() - started
         _report(console, scenario, result)
         if keep_serving:
@@ -230,6 +243,8 @@ def run_demo_result(
                 if result.exit_code == EXIT_OK:
                     result.exit_code = EXIT_SERVER_FAILED
                     result.failure = "the server did not stop in time"
+        if receiver is not None:
+            receiver.stop()
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
     result.wall_seconds = time.perf_counter() - started
@@ -266,6 +281,8 @@ class Server:
         self.process: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
         """Also the id of its process group (the worker is in it too)."""
+        self.config: Path | None = None
+        """A configuration file; without one, the built-in demo settings."""
 
     @property
     def started(self) -> bool:
@@ -277,6 +294,8 @@ class Server:
             sys.executable, "-m", "tessera", "serve",
             "--host", HOST, "--port", str(self.port), "--data-dir", str(self.data),
         ]  # fmt: skip
+        if self.config is not None:
+            cmd += ["--config", str(self.config)]
         # the demo's own settings and embedded backends, whatever the environment says
         env = {
             k: v
@@ -414,8 +433,13 @@ def _keys() -> tuple[dict[str, str], str]:
     return write, read
 
 
+def _admin_key() -> str:
+    return next(k.key for k in default_config().api_keys if "admin" in k.scopes)
+
+
 async def _exercise(
-    server: Server, scenario: Scenario, result: DemoResult, console: Console
+    server: Server, scenario: Scenario, result: DemoResult, console: Console,
+    receiver: activation.Receiver,
 ) -> None:
     write_keys, read_key = _keys()
     limits = httpx.Limits(
@@ -426,10 +450,15 @@ async def _exercise(
             first_request = time.perf_counter()
             await _send(client, server, scenario, write_keys, result, progress)
             await _wait_processed(client, server, read_key, result, progress, first_request)
+            delivered = await _wait_delivered(client, server, receiver, progress)
+            result.activation = delivered
         if result.rejected or result.events_applied < result.accepted:
             result.exit_code = EXIT_CHECK_FAILED
         await _audit(client, server, read_key, scenario, result)
         await _showcase(client, read_key, scenario, result)
+    activation.check(scenario, receiver, delivered, IdentifierExtractor(default_config()))
+    if delivered.problems:
+        result.exit_code = EXIT_CHECK_FAILED
     if (
         result.wrong_merges
         or result.unexpected_splits
@@ -580,6 +609,51 @@ async def _wait_processed(
     result.profiles = int(store.get("profiles", 0))
     result.identities = int(store.get("identities", 0))
     result.merges = int(store.get("merges", 0))
+
+
+async def _wait_delivered(
+    client: httpx.AsyncClient,
+    server: Server,
+    receiver: activation.Receiver,
+    progress: Progress,
+) -> activation.ActivationReport:
+    """Until every subscription has delivered what it holds and no journey waits, and
+    nothing has changed for two seconds (``/v1/subscriptions``, ``/v1/journeys``)."""
+    headers = {"Authorization": f"Bearer {_admin_key()}"}
+    report = activation.ActivationReport()
+    task = progress.add_task("Delivering webhooks", total=None, note="")
+    started = time.perf_counter()
+    deadline = time.monotonic() + DELIVERY_TIMEOUT
+    last: tuple[int, ...] | None = None
+    steady_since = time.monotonic()
+    while time.monotonic() < deadline:
+        server.check()
+        subs_r = await client.get("/v1/subscriptions", headers=headers)
+        journeys_r = await client.get("/v1/journeys", headers=headers)
+        for r in (subs_r, journeys_r):
+            if r.status_code != 200:
+                raise DemoError(f"GET {r.request.url.path} -> {r.status_code} {r.text[:300]}")
+        subs = subs_r.json()["subscriptions"]
+        journeys = journeys_r.json()["journeys"]
+        stats = [s["stats"] for s in subs]
+        busy = sum((s["lag"] if s["lag"] is not None else 1) + s["in_flight"] for s in stats)
+        waiting = sum(c["waiting"] for j in journeys for c in j["steps"].values())
+        whole = [j["steps"].get("*", {}) for j in journeys]
+        report.journey = {j["name"]: j["steps"].get("*", {}) for j in journeys}
+        now = (receiver.count(), busy, waiting,
+               *(w.get("entered", 0) + w.get("exited", 0) + w.get("completed", 0)
+                 for w in whole))
+        if now != last:
+            last, steady_since = now, time.monotonic()
+        progress.update(task, note=f"{receiver.count():,} received, {busy:,} to deliver, "
+                                   f"{waiting:,} carts waiting for a checkout")
+        if busy == 0 and waiting == 0 and time.monotonic() - steady_since >= 2.0:
+            report.settled = True
+            break
+        await asyncio.sleep(0.25)
+    report.seconds = time.perf_counter() - started
+    progress.update(task, total=1, completed=1)
+    return report
 
 
 async def _get_profile(
@@ -988,6 +1062,9 @@ def _report(console: Console, scenario: Scenario, result: DemoResult) -> None:
         for line in result.curl:
             console.print(f"  [cyan]{line}[/cyan]", highlight=False, soft_wrap=True)
 
+    if result.activation is not None:
+        console.print(_activation_table(result.activation))
+
     verdict = (
         f"[bold green]{_n(result.people)} people → {_n(result.profiles)} profiles, "
         f"{len(result.wrong_merges)} wrong merges[/bold green]"
@@ -996,6 +1073,60 @@ def _report(console: Console, scenario: Scenario, result: DemoResult) -> None:
         f"profiles, {len(result.wrong_merges)} wrong merges[/bold red]"
     )
     console.print(f"{verdict} (demo took {result.wall_seconds:.1f} s)")
+
+
+def _activation_table(report: activation.ActivationReport) -> Table:
+    ok, bad = "[green]✔[/green]", "[red]✘[/red]"
+    table = Table(
+        title="Activation: the customer's three scenarios (signed webhooks to the demo's "
+              "receiver)", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row(
+        "delivered",
+        f"{ok if report.settled else bad} {_n(report.webhooks)} webhooks, every one signed "
+        f"(Standard Webhooks) {ok if not report.unsigned else bad}, "
+        f"{_n(report.redelivered)} delivered twice; all done "
+        f"{report.seconds:.1f} s after the profiles were"
+        if report.settled else f"{bad} not all delivered within {DELIVERY_TIMEOUT:.0f} s",
+    )
+    channels = ", ".join(f"{n:,} by {c}" for c, n in sorted(report.channels.items()))
+    table.add_row(
+        "roadside ETA",
+        f"{ok if report.notified == report.tickets else bad} {_n(report.notified)} of "
+        f"{_n(report.tickets)} driver assignments told the member \"Your driver arrives in N "
+        f"minutes\" on their preferred channel ({channels}); "
+        f"{_plural(len(report.eta_wrong), 'wrong ETA', 'wrong ETAs')}, "
+        f"{len(report.contact_wrong)} to someone else's contact",
+    )
+    causes = ", ".join(f"{n:,} {c.replace('_', ' ')}" for c, n in
+                       sorted(report.sync_by_cause.items(), key=lambda kv: -kv[1]))
+    table.add_row(
+        "membership sync",
+        f"{ok if not report.sync_extra_fields and report.address_synced else bad} "
+        f"{_n(report.sync_messages)} changes sent to the membership app ({causes}); "
+        f"{_n(report.address_synced)} of {_n(report.address_changes)} address changes arrived "
+        "as just the address, old and new (a late, older address changes nothing and sends "
+        "nothing)",
+    )
+    whole = report.journey.get("abandoned-cart", {})
+    table.add_row(
+        "abandoned cart",
+        f"{ok if not report.wrong_reminders else bad} {_n(report.carts)} carts, "
+        f"{_n(report.carts_checked_out)} checked out. The journey: {whole.get('entered', 0):,} "
+        f"entered, {whole.get('exited', 0):,} left on a checkout in time, "
+        f"{_n(report.reminders)} reminders sent to marketing after {activation.CART_WAIT} "
+        f"(30 minutes in production), {len(report.wrong_reminders)} for a cart that was "
+        "checked out",
+    )
+    for label, example in (("ETA message", report.roadside_example),
+                           ("address sync", report.sync_example),
+                           ("cart reminder", report.reminder_example)):
+        if example is not None:
+            table.add_row(f"  e.g. {label}", Text(orjson.dumps(example).decode()))
+    for problem in report.problems:
+        table.add_row(f"{bad} problem", f"[red]{problem}[/red]")
+    return table
 
 
 def _value(value: Any) -> str:
