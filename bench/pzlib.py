@@ -56,3 +56,37 @@ def member_events(i: int, rng: random.Random, now: float | None = None) -> list[
                                          "destination": rng.choice(("Rome", "Oslo", "Lima"))},
            rng.uniform(0, 170))
     return out
+
+
+def send_members(url: str, members: list[Outgoing], batch: int = 100) -> int:
+    """POST the events as CloudEvents batches, one source's write key per batch."""
+    import httpx
+
+    by_source: dict[str, list[dict[str, Any]]] = {}
+    for o in members:
+        by_source.setdefault(o.source, []).append(o.body)
+    sent = 0
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for source, bodies in by_source.items():
+            for i in range(0, len(bodies), batch):
+                chunk = bodies[i:i + batch]
+                response = client.post(
+                    "/v1/events", json=chunk,
+                    headers={"Authorization": f"Bearer {WRITE_KEYS[source]}",
+                             "Content-Type": "application/cloudevents-batch+json"})
+                response.raise_for_status()
+                sent += len(chunk)
+    return sent
+
+
+def wait_caught_up(data_dir: Any, timeout: float) -> float:
+    """Until the profiles and personalization groups have no lag; seconds waited."""
+    from benchlib import bus_counts
+
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        lags = [bus_counts(data_dir, "events", g)[1] for g in ("profiles", "personalization")]
+        if not any(lags):
+            return time.monotonic() - start
+        time.sleep(0.25)
+    raise TimeoutError(f"the processors did not catch up in {timeout} s")

@@ -87,16 +87,37 @@ async def profile_segments(identifier: str, request: Request) -> Response:
     return json_response(await _read(runtime, read))
 
 
+def _decision_params(request: Request) -> tuple[str, int, bool]:
+    """``channel``, ``limit`` and ``explain``, checked by hand: the decision is read at
+    hundreds a second, and FastAPI's parameter machinery costs as much as the decision."""
+    query = request.query_params
+    errors: list[FieldError] = []
+    channel = query.get("channel", "")
+    if not channel:
+        errors.append(FieldError("query.channel", "required: the channel to decide for, "
+                                                  "e.g. contact_center"))
+    limit = 3
+    if "limit" in query:
+        raw = query["limit"]
+        if not raw.isdigit() or not 1 <= int(raw) <= 50:
+            errors.append(FieldError("query.limit", "must be a whole number from 1 to 50"))
+        else:
+            limit = int(raw)
+    explain = query.get("explain", "false").lower()
+    if explain not in ("true", "false", "1", "0", "yes", "no"):
+        errors.append(FieldError("query.explain", "must be true or false"))
+    if errors:
+        raise ApiError(400, "invalid_request", "the request is invalid", errors)
+    return channel, limit, explain in ("true", "1", "yes")
+
+
 @router.get("/v1/profiles/{identifier}/next-best-action",
-            summary="The best actions for a profile on a channel, ranked, with reasons")
-async def next_best_action(
-    identifier: str,
-    request: Request,
-    channel: str = Query(..., min_length=1, description="e.g. contact_center, email, web"),
-    limit: int = Query(3, ge=1, le=50),
-    explain: bool = Query(False, description="Also list the actions left out, and why"),
-) -> Response:
+            summary="The best actions for a profile on a channel, ranked, with reasons",
+            description="Query: `channel` (required, e.g. contact_center), `limit` (1 to 50, "
+                        "default 3), `explain` (also list the actions left out, and why).")
+async def next_best_action(identifier: str, request: Request) -> Response:
     runtime = _runtime(request, "decisions:read")
+    channel, limit, explain = _decision_params(request)
     p = personalization(runtime)
 
     def decide() -> dict[str, Any]:
