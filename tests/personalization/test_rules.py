@@ -112,3 +112,16 @@ def test_configuration_errors_name_the_path_and_reason() -> None:
         {"name": "x", "channels": ["email"], "channel_caps": {"sms": [{"max": 1, "per": "1d"}]}}]})
     assert "personalization.actions.0.rank: unknown field" in _config(
         {"actions": [{"name": "x", "channels": ["email"], "rank": 1}]})
+
+
+def test_consent_is_the_privacy_question_only_true_counts() -> None:
+    from tessera.personalization.consent import TraitConsent
+
+    consent = TraitConsent()
+    assert consent.granted({"consent.marketing_email": True}, "marketing_email")
+    for value in (False, "yes", 1, None):
+        assert not consent.granted({"consent.marketing_email": value}, "marketing_email")
+    assert not consent.granted({}, "marketing_email")
+    other = TraitConsent("optin_")
+    assert other.granted({"optin_marketing_email": True}, "marketing_email")
+    assert not other.granted({"consent.marketing_email": True}, "marketing_email")
