@@ -79,8 +79,9 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def harness(config: TesseraConfig, data: Path) -> AsyncIterator[Harness]:
-    runtime = Runtime(config, data)
+async def harness(config: TesseraConfig, data: Path, bus_url: str | None = None,
+                  store_url: str | None = None) -> AsyncIterator[Harness]:
+    runtime = Runtime(config, data, bus_url=bus_url, store_url=store_url)
     await runtime.start()
     service = PersonalizationService.from_runtime(runtime)
     clock = Clock()

@@ -3,12 +3,24 @@ entry and exit events, window expiry, merges, redelivery, rebuild and batch eval
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
+import psycopg
+import pytest
+
+from tessera.bus.nats import delete_streams
+from tessera.config import TesseraConfig
 from tessera.personalization.batch import evaluate_all, rebuild
 from tessera.personalization.engine import Personalizer
-from tests.personalization.helpers import DAY, config_with, harness
+from tests.personalization.helpers import DAY, Harness, config_with
+from tests.personalization.helpers import harness as embedded_harness
+from tests.services import require_nats, require_postgres
 
 SECTION: dict[str, Any] = {
     "computed_traits": [
@@ -31,12 +43,38 @@ CONFIG = config_with(SECTION)
 M1 = {"member_number": "M-1"}
 
 
+Make = Callable[[TesseraConfig, Path], AbstractAsyncContextManager[Harness]]
+
+
+@pytest.fixture(params=["embedded", pytest.param("postgres+nats", marks=pytest.mark.services)])
+async def make(request: pytest.FixtureRequest) -> AsyncIterator[Make]:
+    """The embedded default, or the PostgreSQL store and state with the NATS bus."""
+    if request.param == "embedded":
+        yield embedded_harness
+        return
+    pg, nats = require_postgres(), require_nats()
+    schema = f"pz_{uuid.uuid4().hex[:10]}"
+    prefix = hashlib.sha1(schema.encode()).hexdigest()[:10]
+    bus_url = f"{nats}?stream_prefix=TP{prefix}&subject_prefix=tp{prefix}"
+
+    @contextlib.asynccontextmanager
+    async def build(config: TesseraConfig, data: Path) -> AsyncIterator[Harness]:
+        async with embedded_harness(config, data, bus_url, f"{pg}?schema={schema}") as h:
+            yield h
+
+    yield build
+    await delete_streams(nats, f"TP{prefix}")
+    with psycopg.connect(pg, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
 def seg(events: list[Any]) -> list[tuple[str, str, str]]:
     return [(e.type, e.data["segment"], e.data["reason"]) for e in events]
 
 
-async def test_traits_update_as_events_arrive_and_entry_names_its_cause(tmp_path: Path) -> None:
-    async with harness(CONFIG, tmp_path) as h:
+async def test_traits_update_as_events_arrive_and_entry_names_its_cause(
+        tmp_path: Path, make: Make) -> None:
+    async with make(CONFIG, tmp_path) as h:
         first = h.event(M1, "tow.completed")
         await h.send(first, h.event({**M1, "total": 60.0, "destination": "Rome"},
                                     "booking.created"))
@@ -66,8 +104,8 @@ async def test_traits_update_as_events_arrive_and_entry_names_its_cause(tmp_path
         assert h.service.stats.entered == 2
 
 
-async def test_a_redelivered_event_changes_nothing(tmp_path: Path) -> None:
-    async with harness(CONFIG, tmp_path) as h:
+async def test_a_redelivered_event_changes_nothing(tmp_path: Path, make: Make) -> None:
+    async with make(CONFIG, tmp_path) as h:
         await h.send(h.event(M1, "tow.completed"), h.event(M1, "tow.completed"))
         await h.process()
         await h.runtime.bus.reset("events", "personalization", 0.0)
@@ -78,8 +116,8 @@ async def test_a_redelivered_event_changes_nothing(tmp_path: Path) -> None:
 
 
 async def test_a_window_edge_passing_makes_the_profile_leave_without_any_event(
-        tmp_path: Path) -> None:
-    async with harness(CONFIG, tmp_path) as h:
+        tmp_path: Path, make: Make) -> None:
+    async with make(CONFIG, tmp_path) as h:
         start = h.clock.now
         await h.send(h.event(M1, "ticket.created", at=start - 10 * DAY),
                      h.event(M1, "ticket.created", at=start - 2 * DAY))
@@ -101,8 +139,9 @@ async def test_a_window_edge_passing_makes_the_profile_leave_without_any_event(
         assert len(await h.derived("segment.exited")) == 1  # no second exit: not a member
 
 
-async def test_a_merge_combines_aggregates_and_the_merged_profile_leaves(tmp_path: Path) -> None:
-    async with harness(CONFIG, tmp_path) as h:
+async def test_a_merge_combines_aggregates_and_the_merged_profile_leaves(
+        tmp_path: Path, make: Make) -> None:
+    async with make(CONFIG, tmp_path) as h:
         await h.send(h.event(M1, "tow.completed"),
                      h.event({**M1, "total": 500.0}, "booking.created"),
                      h.event({"email": "jo@example.com"}, "tow.completed"),
@@ -128,8 +167,8 @@ async def test_a_merge_combines_aggregates_and_the_merged_profile_leaves(tmp_pat
             (gone, "frequent_tows")]
 
 
-async def test_rebuild_recomputes_from_the_timeline(tmp_path: Path) -> None:
-    async with harness(CONFIG, tmp_path) as h:
+async def test_rebuild_recomputes_from_the_timeline(tmp_path: Path, make: Make) -> None:
+    async with make(CONFIG, tmp_path) as h:
         await h.send(*[h.event(M1, "tow.completed") for _ in range(3)],
                      h.event({**M1, "total": 120.0}, "booking.created"),
                      h.event({"email": "a@example.com"}, "ticket.created"))
@@ -156,8 +195,8 @@ async def test_rebuild_recomputes_from_the_timeline(tmp_path: Path) -> None:
         assert (report.entered, report.exited) == (0, 0)
 
 
-async def test_batch_evaluation_applies_a_changed_rule(tmp_path: Path) -> None:
-    async with harness(CONFIG, tmp_path) as h:
+async def test_batch_evaluation_applies_a_changed_rule(tmp_path: Path, make: Make) -> None:
+    async with make(CONFIG, tmp_path) as h:
         await h.send(h.event(M1, "tow.completed"),
                      h.event({"member_number": "M-2"}, "tow.completed"),
                      h.event({"member_number": "M-2"}, "tow.completed"))
@@ -173,8 +212,8 @@ async def test_batch_evaluation_applies_a_changed_rule(tmp_path: Path) -> None:
         assert h.service.state.sizes() == {"frequent_tows": 2}
 
 
-async def test_offer_outcomes_go_to_the_offer_history(tmp_path: Path) -> None:
-    async with harness(CONFIG, tmp_path) as h:
+async def test_offer_outcomes_go_to_the_offer_history(tmp_path: Path, make: Make) -> None:
+    async with make(CONFIG, tmp_path) as h:
         now = h.clock.now
         await h.send(h.event({**M1, "action": "upgrade", "channel": "email"},
                              "com.example.contact_center.offer.presented", at=now - 2),
@@ -186,8 +225,9 @@ async def test_offer_outcomes_go_to_the_offer_history(tmp_path: Path) -> None:
             ("upgrade", "email", "presented"), ("upgrade", "unknown", "declined")]
 
 
-async def test_unattributed_events_and_other_derived_events_are_skipped(tmp_path: Path) -> None:
-    async with harness(CONFIG, tmp_path) as h:
+async def test_unattributed_events_and_other_derived_events_are_skipped(
+        tmp_path: Path, make: Make) -> None:
+    async with make(CONFIG, tmp_path) as h:
         await h.send(h.event({"nothing": 1}, "tow.completed"))
         await h.process()
         assert h.service.state.profile_ids() == []
