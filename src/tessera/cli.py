@@ -365,6 +365,10 @@ def migrate(config: ConfigOpt = None, data_dir_: DataDirOpt = None) -> None:
     runtime = _runtime(config, data_dir_)
     runtime.store.migrate()
     console.print(f"[green]ok[/green] store schema is up to date ({runtime.store_url or 'sqlite'})")
+    from tessera.activation.state import migrate_beside_store
+
+    migrate_beside_store(runtime.store_url, runtime.data_dir)
+    console.print("[green]ok[/green] activation and journey state are up to date")
 
 
 class _StderrLogger:

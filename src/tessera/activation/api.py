@@ -2,8 +2,9 @@
 
 ``POST /v1/subscriptions``, ``GET /v1/subscriptions``, ``GET|DELETE
 /v1/subscriptions/{name}``, ``POST /v1/subscriptions/{name}/pause|resume``,
-``GET /v1/journeys``. Subscriptions created here are kept in ``activation.db``
-and picked up by the running worker within a second.
+``GET /v1/journeys``. Subscriptions created here are kept in the activation state
+beside the store (``activation.db``, or the store's PostgreSQL, so every host's
+workers see them) and picked up by the running workers within a second.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tessera.activation.service import (
     overview,
     resolve_destination,
 )
-from tessera.activation.state import FILE_NAME, ActivationState, SubscriptionExists
+from tessera.activation.state import ActivationState, SubscriptionExists, open_activation_state
 from tessera.api.auth import require_scope
 from tessera.api.errors import ApiError, json_response
 from tessera.events.errors import FieldError
@@ -36,9 +37,10 @@ router = APIRouter(tags=["activation"])
 
 
 def activation_state(runtime: Runtime) -> ActivationState:
+    """One per process, beside the runtime's store (opened on first use)."""
     state: ActivationState | None = getattr(runtime, "_activation_state", None)
     if state is None:
-        state = ActivationState(runtime.data_dir / FILE_NAME)
+        state = open_activation_state(runtime.store_url, runtime.data_dir)
         runtime._activation_state = state  # type: ignore[attr-defined]
     return state
 
@@ -148,5 +150,6 @@ async def list_journeys(request: Request) -> Response:
     runtime = _runtime(request)
     from tessera.journeys.report import counts_in
 
-    journeys = await asyncio.to_thread(counts_in, runtime.config.journeys, runtime.data_dir)
+    journeys = await asyncio.to_thread(counts_in, runtime.config.journeys, runtime.data_dir,
+                                       runtime.store_url)
     return json_response({"journeys": journeys})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tessera.activation.state import FILE_NAME, ActivationState
+from tessera.activation.state import ActivationState, open_activation_state
 from tessera.events.envelope import iso_time
 
 console = Console()
@@ -41,7 +42,7 @@ def _overview(config: Path | None, data: Path | None, name: str | None = None
 
     async def main() -> list[dict[str, Any]]:
         await runtime.bus.start()
-        state = ActivationState(runtime.data_dir / FILE_NAME)
+        state = open_activation_state(runtime.store_url, runtime.data_dir)
         try:
             return await overview(runtime.config, runtime.bus, state, name)
         finally:
@@ -87,10 +88,21 @@ def subscriptions_list(config: ConfigOpt = None, data_dir_: DataDirOpt = None) -
     console.print_json(orjson.dumps(_overview(config, data_dir_)).decode())
 
 
-def _set_paused(name: str, paused: bool, config: Path | None, data: Path | None) -> None:
+def _store_url(config: Path | None) -> str | None:
+    """Where the store is, as the runtime would choose it (the state lives beside it)."""
+    from tessera.cli import _config
+
+    return os.environ.get("TESSERA_STORE_URL") or _config(config).store_url
+
+
+def _state(config: Path | None, data: Path | None) -> ActivationState:
     from tessera.config import data_dir
 
-    state = ActivationState(data_dir(data) / FILE_NAME)
+    return open_activation_state(_store_url(config), data_dir(data))
+
+
+def _set_paused(name: str, paused: bool, config: Path | None, data: Path | None) -> None:
+    state = _state(config, data)
     try:
         if not state.set_paused(name, paused):
             err.print(f"no subscription {name!r} has started yet (start the worker first)")
@@ -119,10 +131,10 @@ def journeys_list(config: ConfigOpt = None, data_dir_: DataDirOpt = None) -> Non
     """Per journey and step: entered, waiting, completed, exited."""
     from tessera.cli import _config
     from tessera.config import data_dir
-    from tessera.journeys.state import SQLiteJourneyState
+    from tessera.journeys.state import open_journey_state
 
     cfg = _config(config)
-    state = SQLiteJourneyState(data_dir(data_dir_) / FILE_NAME)
+    state = open_journey_state(_store_url(config), data_dir(data_dir_))
     try:
         metrics = {(m.journey, m.step): m for m in state.metrics()}
     finally:

@@ -2,9 +2,11 @@
 
 It runs inside ``tessera worker`` next to the profiles processor. Every
 ``refresh`` seconds it picks up subscriptions created or deleted through the
-API and pause flags set by the API or the CLI (they live in ``activation.db``,
-shared by all processes). A subscription starts reading where its ``start``
-says: from its creation time (``now``) or from the beginning of the log.
+API and pause flags set by the API or the CLI (they live in the activation
+state beside the store: ``activation.db`` in the data directory, or tables in
+the store's PostgreSQL, shared by every process on every host). A subscription
+starts reading where its ``start`` says: from its creation time (``now``) or
+from the beginning of the log.
 """
 
 from __future__ import annotations
@@ -26,13 +28,13 @@ from tessera.activation.model import (
     SubscriptionConfig,
     WebhookDestination,
 )
-from tessera.activation.state import FILE_NAME, ActivationState, SubscriptionState
+from tessera.activation.state import ActivationState, SubscriptionState, open_activation_state
 from tessera.bus.base import Bus
 from tessera.catalog.registry import Catalog
 from tessera.catalog.resolver import Resolver
 from tessera.config import TesseraConfig
 from tessera.journeys.engine import JourneyEngine, action_subscriptions
-from tessera.journeys.state import JourneyState, SQLiteJourneyState
+from tessera.journeys.state import JourneyState, open_journey_state
 from tessera.store.base import Store
 
 log = structlog.get_logger("tessera.activation")
@@ -85,6 +87,7 @@ class ActivationService:
         *,
         state: ActivationState | None = None,
         journey_state: JourneyState | None = None,
+        store_url: str | None = None,
         max_in_flight: int = 1000,
         refresh_seconds: float = 0.5,
         profile_wait_seconds: float = 10.0,
@@ -94,13 +97,13 @@ class ActivationService:
         self.bus = bus
         self.store = store
         self.data_dir = Path(data_dir)
-        self.state = state or ActivationState.in_dir(self.data_dir)
+        self.state = state or open_activation_state(store_url, self.data_dir)
         self.max_in_flight = max_in_flight
         self.refresh_seconds = refresh_seconds
         self.profiles = Profiles(store, profile_wait_seconds)
         self.engine: JourneyEngine | None = None
         if config.journeys:
-            self.journey_state = journey_state or SQLiteJourneyState(self.data_dir / FILE_NAME)
+            self.journey_state = journey_state or open_journey_state(store_url, self.data_dir)
             self.engine = JourneyEngine(config.journeys, bus, store, self.journey_state,
                                         self.profiles, tick=tick)
         # fat delivery of notification events: the catalog's claim-check resolvers
@@ -118,6 +121,8 @@ class ActivationService:
 
     @classmethod
     def from_runtime(cls, runtime: Any, **kwargs: Any) -> ActivationService:
+        """The state follows the runtime's store: its PostgreSQL, or its data directory."""
+        kwargs.setdefault("store_url", runtime.store_url)
         return cls(runtime.config, runtime.bus, runtime.store, runtime.data_dir, **kwargs)
 
     # -- lifecycle ------------------------------------------------------------------
@@ -126,6 +131,9 @@ class ActivationService:
         self._stop.set()
 
     async def start(self) -> None:
+        await asyncio.to_thread(self.state.migrate)
+        if self.engine is not None:
+            await asyncio.to_thread(self.journey_state.migrate)
         await self.refresh()
         if self.engine is not None and self._engine_task is None:
             self._engine_task = asyncio.create_task(self.engine.run())

@@ -89,6 +89,6 @@ async def journeys(request: Request) -> Response:
         return _login_redirect(request)
     runtime = _state(request).runtime
     configured = runtime.config.journeys
-    counts = await asyncio.to_thread(counts_in, configured, runtime.data_dir)
+    counts = await asyncio.to_thread(counts_in, configured, runtime.data_dir, runtime.store_url)
     return _page(request, "journeys.html", session, "journeys", title="Journeys",
                  journeys=journey_views(configured, counts))

@@ -460,7 +460,7 @@ async def customer_360(request: Request, pid: str) -> Response:
     entries, next_cursor = await asyncio.to_thread(_timeline_page, runtime, profile.id, None)
     journeys = await asyncio.to_thread(
         instances_of, runtime.config.journeys, runtime.data_dir,
-        [profile.id, *(m.merged for m in profile.merged_from)])
+        [profile.id, *(m.merged for m in profile.merged_from)], runtime.store_url)
     personal = await asyncio.to_thread(personalized, runtime, profile.id)
     traits = [{"name": n, "trait": t} for n, t in sorted(profile.traits.items())]
     identities = sorted(profile.identities, key=lambda i: (i.type, i.value))

@@ -14,6 +14,12 @@ The timer loop looks for due timers every ``tick`` seconds (0.1 by default)
 and fires them in their own transaction, so a timer fires on time even after
 a restart (one that came due while the engine was down fires at once).
 
+Several engines may share one state (PostgreSQL): an event batch first takes
+its profiles (:meth:`~tessera.journeys.state.JourneyTx.lock`), and the timer
+loop claims timers no other engine holds and fires only those whose profile
+it can take without waiting, so transitions of one instance never interleave
+and no timer fires twice (see :mod:`tessera.journeys.state.base`).
+
 Events arrive out of order (several systems, several requests in flight, a
 mobile app that sends late): a trigger read after a goal event that happened
 later (by event time) enters nothing, since the goal is already reached. The
@@ -236,6 +242,8 @@ class JourneyEngine:
         pids = [self.profiles.profile_id(e) for e in events]
         now = self.clock()
         with self.state.transaction() as tx:
+            # another engine may hold events of these profiles: take them first (sorted)
+            tx.lock([p for p in pids if p is not None])
             self._read_in_batch = set()
             for event, pid in zip(events, pids, strict=True):
                 if pid is None or tx.applied(event.uid):
@@ -416,21 +424,26 @@ class JourneyEngine:
 
     async def fire_due(self) -> int:
         until = min(self.clock(), self.watermark())
-        due = await asyncio.to_thread(self.state.due_timers, until, 200)
-        if not due:
-            return 0
-        fired = await asyncio.to_thread(self._fire, due)
+        if not await asyncio.to_thread(self.state.due_timers, until, 1):
+            return 0  # a cheap look first: no write transaction on an idle tick
+        fired = await asyncio.to_thread(self._fire, until)
         await self.relay()
         return fired
 
-    def _fire(self, due: list[tuple[str, str, float]]) -> int:
+    def _fire(self, until: float) -> int:
+        """Fire the timers due at ``until`` that this engine can take now. Several engines
+        may run this at once: each takes timers no other holds, and only those whose
+        profile no event transaction holds (the others fire on a later tick)."""
         fired = 0
         now = self.clock()
         with self.state.transaction() as tx:
-            for instance_id, step_id, _ in due:
+            for instance_id, step_id, _ in tx.claim_due(until, 200):
+                found = tx.get(instance_id)
+                if found is not None and not tx.try_lock(found.profile_id):
+                    continue
                 if not tx.take_timer(instance_id, step_id):
                     continue
-                inst = tx.get(instance_id)
+                inst = tx.get(instance_id)  # again, now that its profile is held
                 journey = self.by_name.get(inst.journey) if inst else None
                 if inst is None or journey is None or inst.status != "active":
                     continue

@@ -13,9 +13,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tessera.activation.state import FILE_NAME
 from tessera.journeys.model import JourneyConfig
-from tessera.journeys.state import Instance, SQLiteJourneyState, StepMetrics
+from tessera.journeys.state import Instance, StepMetrics, open_journey_state
 
 WHOLE = "*"
 """The step key of the journey as a whole."""
@@ -37,11 +36,13 @@ def step_counts(journeys: Sequence[JourneyConfig],
     return list(by_journey.values())
 
 
-def counts_in(journeys: Sequence[JourneyConfig], data_dir: Path) -> list[dict[str, Any]]:
-    """:func:`step_counts` from the journey state of a data directory (blocking)."""
+def counts_in(journeys: Sequence[JourneyConfig], data_dir: Path,
+              store_url: str | None = None) -> list[dict[str, Any]]:
+    """:func:`step_counts` from the journey state beside the store: the store's
+    PostgreSQL if ``store_url`` names one, else the data directory's (blocking)."""
     if not journeys:
         return []
-    state = SQLiteJourneyState(Path(data_dir) / FILE_NAME)
+    state = open_journey_state(store_url, Path(data_dir))
     try:
         return step_counts(journeys, state.metrics())
     finally:
@@ -49,12 +50,12 @@ def counts_in(journeys: Sequence[JourneyConfig], data_dir: Path) -> list[dict[st
 
 
 def instances_of(journeys: Sequence[JourneyConfig], data_dir: Path,
-                 profile_ids: Iterable[str]) -> list[Instance]:
+                 profile_ids: Iterable[str], store_url: str | None = None) -> list[Instance]:
     """Every journey instance of these profile ids (a profile and those merged into it),
-    oldest first (blocking)."""
+    oldest first, from the journey state beside the store (blocking)."""
     if not journeys:
         return []
-    state = SQLiteJourneyState(Path(data_dir) / FILE_NAME)
+    state = open_journey_state(store_url, Path(data_dir))
     try:
         found = [i for pid in dict.fromkeys(profile_ids) for i in state.instances(pid)]
     finally:

@@ -24,8 +24,7 @@ PAGE = 1000
 
 def export_person(runtime: Runtime, identifier: Identifier) -> dict[str, Any] | None:
     """The export, or None when no profile has this identifier. Blocking: run in a thread."""
-    from tessera.activation.state import FILE_NAME
-    from tessera.journeys.state import SQLiteJourneyState
+    from tessera.journeys.state import existing_journey_state
 
     store = runtime.store
     pid = store.resolve(f"{identifier[0]}:{identifier[1]}")
@@ -43,9 +42,8 @@ def export_person(runtime: Runtime, identifier: Identifier) -> dict[str, Any] | 
             break
         before = (page[-1].time, page[-1].event_uid)
     journeys: list[dict[str, Any]] = []
-    journeys_file = runtime.data_dir / FILE_NAME
-    if journeys_file.exists():
-        state = SQLiteJourneyState(journeys_file)
+    state = existing_journey_state(runtime.store_url, runtime.data_dir)
+    if state is not None:
         try:
             for pid_ in [profile.id, *(m.merged for m in profile.merged_from)]:
                 journeys += [{"journey": i.journey, "status": i.status, "step": i.step,

@@ -129,8 +129,7 @@ def matcher(identifiers: set[Identifier], profile_ids: set[str],
 
 
 async def erase_person(runtime: Runtime, identifier: Identifier, actor: str) -> ErasureReport:
-    from tessera.activation.state import FILE_NAME
-    from tessera.journeys.state import SQLiteJourneyState
+    from tessera.journeys.state import existing_journey_state
 
     mode = runtime.config.privacy.erasure
     report = ErasureReport(request_id=f"er_{uuid.uuid4().hex[:16]}", profile_found=False,
@@ -151,17 +150,18 @@ async def erase_person(runtime: Runtime, identifier: Identifier, actor: str) -> 
     # 2. the warehouse and the journeys, while the profile still resolves (a retry works)
     if pids:
         report.warehouse_rows = await asyncio.to_thread(_erase_warehouse, runtime, sorted(pids))
-    journeys_file = runtime.data_dir / FILE_NAME
     early = matcher(identifiers, pids, set())
-    if journeys_file.exists():
-        def journeys() -> int:
-            state = SQLiteJourneyState(journeys_file)
-            try:
-                return state.erase(sorted(pids), early)
-            finally:
-                state.close()
 
-        report.journey_rows = await asyncio.to_thread(journeys)
+    def journeys() -> int:  # beside the store: activation.db, or the store's PostgreSQL
+        state = existing_journey_state(runtime.store_url, runtime.data_dir)
+        if state is None:
+            return 0
+        try:
+            return state.erase(sorted(pids), early)
+        finally:
+            state.close()
+
+    report.journey_rows = await asyncio.to_thread(journeys)
     # 3. the store
     uids: set[str] = set()
     if profile is not None:

@@ -1,10 +1,8 @@
-"""Durable activation state in ``activation.db`` (SQLite, WAL) in the data directory.
+"""Activation state in ``activation.db`` (SQLite, WAL) in the data directory.
 
-It holds the subscriptions created through the API, and for every
-subscription its pause flag and delivery counters, so that the API, the CLI
-and the worker processes see the same thing. Journeys keep their state in the
-same file (:mod:`tessera.journeys.state`). The store contract is not involved:
-this file is the activation's own.
+The embedded default: the API, the CLI and the worker processes of one host
+share the file. Journeys keep their state in the same file
+(:mod:`tessera.journeys.state.sqlite`).
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +18,7 @@ import orjson
 
 from tessera import sqlitefile
 from tessera.activation.model import SubscriptionConfig
+from tessera.activation.state.base import ActivationState, SubscriptionExists, SubscriptionState
 
 FILE_NAME = "activation.db"
 
@@ -46,28 +44,6 @@ CREATE TABLE IF NOT EXISTS subscriptions (
 """
 
 
-class SubscriptionExists(Exception):
-    pass
-
-
-@dataclass(slots=True)
-class SubscriptionState:
-    name: str
-    origin: str
-    definition: dict[str, Any] | None
-    created_at: float
-    initialized: bool
-    paused: bool
-    delivered: int
-    failed_attempts: int
-    dead_lettered: int
-    filtered_out: int
-    in_flight: int
-    last_error: str | None
-    last_error_at: float | None
-    last_success_at: float | None
-
-
 _COLUMNS = ("name, origin, definition, created_at, initialized, paused, delivered, "
             "failed_attempts, dead_lettered, filtered_out, in_flight, last_error, "
             "last_error_at, last_success_at")
@@ -79,7 +55,7 @@ def _row(row: tuple[Any, ...]) -> SubscriptionState:
                              *row[6:])
 
 
-class ActivationState:
+class SQLiteActivationState(ActivationState):
     def __init__(self, path: Path | str, synchronous: str | None = None) -> None:
         self.path = Path(path)
         self.synchronous = synchronous or os.environ.get("TESSERA_SQLITE_SYNCHRONOUS", "FULL")
@@ -87,7 +63,7 @@ class ActivationState:
         self._conn: sqlite3.Connection | None = None
 
     @classmethod
-    def in_dir(cls, data_dir: Path) -> ActivationState:
+    def in_dir(cls, data_dir: Path) -> SQLiteActivationState:
         return cls(Path(data_dir) / FILE_NAME)
 
     def conn(self) -> sqlite3.Connection:
@@ -100,6 +76,9 @@ class ActivationState:
                     conn.executescript(SCHEMA)
                     self._conn = conn
         return self._conn
+
+    def migrate(self) -> None:
+        self.conn()
 
     def close(self) -> None:
         with self._lock:

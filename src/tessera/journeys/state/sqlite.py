@@ -1,28 +1,29 @@
-"""Per-profile journey state, durable timers and an outbox, behind a small interface.
-
-:class:`JourneyState` is what the engine needs; :class:`SQLiteJourneyState`
-keeps it in the activation file of the data directory. Everything one event
-or one timer changes (instances, timers, counters, the record that the event
-was handled, the events to publish) commits in one transaction, so handling
-an event twice, or a timer after a crash, changes nothing the second time.
+"""Journey state in ``activation.db`` (SQLite, WAL) in the data directory: the embedded
+default. One writer at a time (``BEGIN IMMEDIATE``), so a transaction already
+holds everything and :meth:`~JourneyTx.lock` and friends have nothing to wait for.
 """
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from tessera import sqlitefile
+from tessera.journeys.state.base import (
+    Instance,
+    JourneyState,
+    JourneyTx,
+    Outboxed,
+    StepMetrics,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS journey_instances (
@@ -66,109 +67,6 @@ CREATE TABLE IF NOT EXISTS journey_outbox (
 """
 
 
-@dataclass(slots=True)
-class Instance:
-    id: str
-    journey: str
-    profile_id: str
-    slot: str
-    step: str
-    entered_at: float
-    status: str = "active"
-    waiting: str | None = None
-    updated_at: float = 0.0
-    context: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class Outboxed:
-    id: int
-    topic: str
-    msg_id: str
-    key: str
-    payload: bytes
-
-
-@dataclass(slots=True)
-class StepMetrics:
-    journey: str
-    step: str
-    entered: int = 0
-    completed: int = 0
-    exited: int = 0
-    waiting: int = 0
-
-
-class JourneyTx(abc.ABC):
-    @abc.abstractmethod
-    def applied(self, uid: str) -> bool: ...
-
-    @abc.abstractmethod
-    def mark_applied(self, uids: Sequence[str]) -> None: ...
-
-    @abc.abstractmethod
-    def active(self, journey: str, profile_id: str) -> list[Instance]: ...
-
-    @abc.abstractmethod
-    def get(self, instance_id: str) -> Instance | None: ...
-
-    @abc.abstractmethod
-    def insert(self, instance: Instance) -> bool:
-        """False if the instance exists, or the profile is already active in the slot."""
-
-    @abc.abstractmethod
-    def save(self, instance: Instance) -> None: ...
-
-    @abc.abstractmethod
-    def set_timer(self, instance_id: str, step: str, fire_at: float) -> None: ...
-
-    @abc.abstractmethod
-    def take_timer(self, instance_id: str, step: str) -> bool:
-        """Remove a timer; False if it was already gone (fired, or the instance moved on)."""
-
-    @abc.abstractmethod
-    def clear_timers(self, instance_id: str) -> None: ...
-
-    @abc.abstractmethod
-    def count(self, journey: str, step: str, what: str) -> None:
-        """Add one to ``entered``, ``completed`` or ``exited`` of a step."""
-
-    @abc.abstractmethod
-    def add_outbox(self, topic: str, msg_id: str, key: str, payload: bytes) -> None: ...
-
-
-class JourneyState(abc.ABC):
-    @abc.abstractmethod
-    def transaction(self) -> contextlib.AbstractContextManager[JourneyTx]: ...
-
-    @abc.abstractmethod
-    def due_timers(self, now: float, limit: int) -> list[tuple[str, str, float]]:
-        """``(instance_id, step, fire_at)`` of timers due at ``now``, earliest first."""
-
-    @abc.abstractmethod
-    def next_timer_at(self) -> float | None: ...
-
-    @abc.abstractmethod
-    def pending_outbox(self, limit: int) -> list[Outboxed]: ...
-
-    @abc.abstractmethod
-    def delete_outbox(self, ids: Sequence[int]) -> None: ...
-
-    @abc.abstractmethod
-    def metrics(self) -> list[StepMetrics]: ...
-
-    @abc.abstractmethod
-    def instances(self, profile_id: str) -> list[Instance]: ...
-
-    def erase(self, profile_ids: Sequence[str], match: Callable[[bytes], bool]) -> int:
-        """Remove the journey instances (and their timers) of these profiles and the
-        queued events whose payload ``match``es, for data subject erasure; how many rows."""
-        raise NotImplementedError
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        pass
-
-
 def _instance(row: tuple[Any, ...]) -> Instance:
     return Instance(id=row[0], journey=row[1], profile_id=row[2], slot=row[3], status=row[4],
                     step=row[5], waiting=row[6], entered_at=row[7], updated_at=row[8],
@@ -181,6 +79,17 @@ _COLS = "id, journey, profile_id, slot, status, step, waiting, entered_at, updat
 class _SQLiteTx(JourneyTx):
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+
+    def lock(self, profile_ids: Sequence[str]) -> None:
+        pass  # BEGIN IMMEDIATE: this transaction is the only writer
+
+    def try_lock(self, profile_id: str) -> bool:
+        return True
+
+    def claim_due(self, now: float, limit: int) -> list[tuple[str, str, float]]:
+        return [(r[0], r[1], r[2]) for r in self.conn.execute(
+            "SELECT instance_id, step, fire_at FROM journey_timers WHERE fire_at<=? "
+            "ORDER BY fire_at LIMIT ?", (now, limit))]
 
     def applied(self, uid: str) -> bool:
         return self.conn.execute("SELECT 1 FROM journey_applied WHERE uid=?",
