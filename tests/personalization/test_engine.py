@@ -233,3 +233,29 @@ async def test_unattributed_events_and_other_derived_events_are_skipped(
         assert h.service.state.profile_ids() == []
         assert await h.runtime.bus.lag("events", "personalization") == 0
         assert await h.runtime.bus.lag("derived", "personalization") == 0
+
+
+async def test_a_failing_event_is_retried_then_dead_lettered_and_holds_back_nothing(
+        tmp_path: Path, make: Make) -> None:
+    async with make(CONFIG, tmp_path) as h:
+        h.service.retry_backoff = 0.0
+        bad = h.event({"member_number": "M-9"}, "tow.completed")
+        good = [h.event(M1, "tow.completed"), h.event(M1, "tow.completed")]
+        real = h.service.engine.apply
+
+        def apply(pairs: Any) -> Any:
+            if any(e.uid == bad.uid for e, _ in pairs):
+                raise ValueError("cannot aggregate this one")
+            return real(pairs)
+
+        h.service.engine.apply = apply  # type: ignore[method-assign]
+        await h.send(good[0], bad, good[1])
+        for _ in range(h.service.max_attempts + 1):
+            await h.process()
+        pid = h.pid("member_number:M-1")
+        assert h.reads.computed_of(pid)["tows_12m"] == 2
+        letters = await h.runtime.bus.dead_letters("personalization")
+        assert [d.message_id for d in letters] == [bad.uid]
+        assert "cannot aggregate this one" in letters[0].error
+        assert letters[0].attempts == h.service.max_attempts
+        assert await h.runtime.bus.lag("events", "personalization") == 0

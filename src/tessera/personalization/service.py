@@ -9,7 +9,11 @@ Every ``tick`` seconds it looks for profiles whose window edge passed.
 
 Order per batch, as in the profiles processor: the state commits the effects,
 the applied-event record and the ``segment.*`` events together; the outbox is
-relayed to the bus; only then are the deliveries acknowledged.
+relayed to the bus; only then are the deliveries acknowledged. A batch that
+fails is applied again event by event; an event that keeps failing goes to
+the dead letters of the group after ``processor.max_attempts`` deliveries
+(``tessera dlq list --group personalization``), and an outage of the state
+is retried without blaming any event.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from tessera.personalization.engine import Outcome, Personalizer
 from tessera.personalization.model import PersonalizationConfig
 from tessera.personalization.state import State, open_state
 from tessera.processing.profiles import decode
+from tessera.processing.worker import describe, is_transient
 from tessera.store.base import Store
 
 log = structlog.get_logger("tessera.personalization")
@@ -51,7 +56,8 @@ class ServiceStats:
 class PersonalizationService:
     def __init__(self, config: PersonalizationConfig, bus: Bus, store: Store, state: State,
                  *, batch_size: int = 500, tick: float = 0.25,
-                 profile_wait_seconds: float = 10.0) -> None:
+                 profile_wait_seconds: float = 10.0, max_attempts: int = 5,
+                 retry_backoff: float = 0.2) -> None:
         self.config = config
         self.bus = bus
         self.store = store
@@ -60,12 +66,17 @@ class PersonalizationService:
         self.profiles = Profiles(store, profile_wait_seconds)
         self.batch_size = batch_size
         self.tick = tick
+        self.max_attempts = max_attempts
+        self.retry_backoff = retry_backoff
         self.stats = ServiceStats()
         self._stop = asyncio.Event()
 
     @classmethod
     def from_runtime(cls, runtime: Any, **kwargs: Any) -> PersonalizationService:
         state = open_state(runtime.store_url, runtime.data_dir)
+        processor = runtime.config.processor  # the same retry policy as the profiles processor
+        kwargs.setdefault("max_attempts", processor.max_attempts)
+        kwargs.setdefault("retry_backoff", processor.retry_backoff_seconds)
         return cls(runtime.config.personalization, runtime.bus, runtime.store, state, **kwargs)
 
     @property
@@ -141,18 +152,53 @@ class PersonalizationService:
                 await self.bus.dead_letter(d, f"undecodable event: {type(exc).__name__}: {exc}")
         if topic == EVENTS_TOPIC and events:
             await self.profiles.wait_applied([e.uid for e in events])
-            outcome = await asyncio.to_thread(self._apply_events, events)
-            self.stats.events += outcome.applied
-            self._count(outcome)
-        elif events:
-            for event in events:
-                if event.type == MERGED:
-                    outcome = await asyncio.to_thread(self.engine.merge, event)
-                    self.stats.merges += outcome.applied
-                    self._count(outcome)
+        try:
+            await asyncio.to_thread(self._handle, topic, events)
+        except Exception as exc:
+            if is_transient(exc):
+                await self.bus.nack(good, 1.0)  # the state is down, not the events
+                raise
+            log.warning("personalization.batch_failed", size=len(events), error=describe(exc))
+            await self._one_by_one(topic, good, events)
+            return len(deliveries)
         await self.relay()
         await self.bus.ack(good)
         return len(deliveries)
+
+    def _handle(self, topic: str, events: list[Event]) -> None:
+        if topic == EVENTS_TOPIC:
+            outcome = self._apply_events(events)
+            self.stats.events += outcome.applied
+            self._count(outcome)
+            return
+        for event in events:
+            if event.type == MERGED:
+                outcome = self.engine.merge(event)
+                self.stats.merges += outcome.applied
+                self._count(outcome)
+
+    async def _one_by_one(self, topic: str, deliveries: list[Delivery],
+                          events: list[Event]) -> None:
+        """A batch failed: apply its events one at a time, so one bad event holds back
+        nothing but itself; after ``max_attempts`` deliveries it goes to the dead letters."""
+        for index, (delivery, event) in enumerate(zip(deliveries, events, strict=True)):
+            try:
+                await asyncio.to_thread(self._handle, topic, [event])
+            except Exception as exc:
+                if is_transient(exc):
+                    await self.bus.nack(deliveries[index:], 1.0)
+                    raise
+                await self.relay()
+                if delivery.attempts >= self.max_attempts:
+                    log.error("personalization.dead_lettered", uid=event.uid,
+                              attempts=delivery.attempts, error=describe(exc))
+                    await self.bus.dead_letter(delivery, describe(exc))
+                    continue
+                await self.bus.nack(deliveries[index:],
+                                    self.retry_backoff * (2 ** (delivery.attempts - 1)))
+                return
+            await self.relay()
+            await self.bus.ack([delivery])
 
     def _apply_events(self, events: list[Event]) -> Outcome:
         cache: dict[tuple[tuple[str, str], ...], str | None] = {}
