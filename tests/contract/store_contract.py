@@ -288,3 +288,16 @@ class StoreContract:
         assert store.resolve("email:jane@x.io") is None
         assert [(e.event_uid, e.type, e.event) for e in store.timeline(jane, 10)] == [
             ("e2", "page", {}), ("e1", "page", {})]
+
+    def test_replace_events_rewrites_documents_in_place(self, store: Store) -> None:
+        p = pid()
+        with store.transaction() as tx:
+            tx.create_profile(p, 1.0)
+            tx.append_timeline(p, [entry("e1", 1.0), entry("e2", 2.0)], 1.0)
+        with store.transaction() as tx:
+            found = tx.replace_events(p, {"e1": {"id": "e1", "v": 2}, "nope": {"id": "x"}})
+        assert found == 1
+        assert [(e.event_uid, e.event) for e in store.timeline(p, 10)] == [
+            ("e2", {"id": "e2", "type": "page"}), ("e1", {"id": "e1", "v": 2})]
+        profile = store.get_profile(p)
+        assert profile is not None and profile.event_count == 2

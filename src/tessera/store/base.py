@@ -190,6 +190,15 @@ class StoreTx(abc.ABC):
         """
         raise NotImplementedError
 
+    def replace_events(self, profile_id: str, events: dict[str, dict[str, Any]]) -> int:
+        """Replace the stored event document of these timeline entries (by event uid).
+
+        For re-encryption under a new key (``tessera privacy rotate-key``): type,
+        times and order stay. Returns how many entries were found. Optional;
+        backends that lack it raise NotImplementedError.
+        """
+        raise NotImplementedError
+
 
 class Store(abc.ABC):
     """The profile store. Reads are safe from any thread."""

@@ -580,6 +580,20 @@ class PostgresTx(StoreTx):
                 self._known[ident] = into_id
         self._locked_profiles.add(into_id)
 
+    def replace_events(self, profile_id: str, events: dict[str, dict[str, Any]]) -> int:
+        """See :meth:`StoreTx.replace_events`; pending writes go first, so new entries count."""
+        if not events:
+            return 0
+        self.flush()
+        uids = list(events)
+        rows = self._fetch(
+            "UPDATE timeline SET event = r.event FROM unnest(%b::text[], %b::bytea[]) "
+            "AS r(uid, event) WHERE timeline.profile_id = %b AND timeline.event_uid = r.uid "
+            "RETURNING timeline.event_uid",
+            [uids, [orjson.dumps(events[u]) for u in uids], profile_id],
+        )
+        return len(rows)
+
     def put_traits(self, profile_id: str, traits: dict[str, Trait]) -> None:
         cached = self._traits.get(profile_id)
         for name, trait in traits.items():

@@ -285,6 +285,15 @@ class SQLiteTx(StoreTx):
                 "WHERE profile_id=?), updated_at=? WHERE id=?", (pid, at, pid))
 
 
+    def replace_events(self, profile_id: str, events: dict[str, dict[str, Any]]) -> int:
+        found = 0
+        for uid, event in events.items():
+            found += self.conn.execute(
+                "UPDATE timeline SET event=? WHERE profile_id=? AND event_uid=?",
+                (orjson.dumps(event), profile_id, uid)).rowcount
+        return found
+
+
 class SQLiteStore(Store):
     fast_local_reads = True
     def __init__(self, path: Path | str, synchronous: str | None = None) -> None:
