@@ -82,9 +82,18 @@ def _config(path: Path | None) -> TesseraConfig:
 
 
 def _runtime(config_path: Path | None, data: Path | None) -> Any:
+    return _build_runtime(_config(config_path), data_dir(data))
+
+
+def _build_runtime(cfg: TesseraConfig, data: Path) -> Any:
+    """A Runtime, or a clean exit naming the problem (an encryption key missing or wrong)."""
     from tessera.runtime import Runtime
 
-    return Runtime(_config(config_path), data_dir(data))
+    try:
+        return Runtime(cfg, data)
+    except ConfigError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 def configure_logging(level: str = "info") -> None:
@@ -205,7 +214,7 @@ def serve(
     cfg = _config(config)
     data = data_dir(data_dir_)
     configure_logging(log_level)
-    runtime = Runtime(cfg, data)
+    runtime = _build_runtime(cfg, data)
     supervisors: list[WorkerSupervisor] = []
     if worker:
         asyncio.run(_prepare(Runtime(cfg, data)))

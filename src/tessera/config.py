@@ -152,6 +152,21 @@ class RateLimitConfig(Strict):
     """Default: one second's worth of requests."""
 
 
+class EncryptionConfig(Strict):
+    """Encryption at rest of personal data in the store (see :mod:`tessera.privacy.encryption`)."""
+
+    enabled: bool = False
+    """Encrypt personal traits, timeline events and outbox messages with the first key of
+    ``keys_env``; off, existing ciphertext is still read if the keys are given."""
+    traits: list[str] = Field(default_factory=list)
+    """Personal trait names (``*`` patterns allowed), besides catalog traits copied from a
+    path the catalog declares ``pii``."""
+    timeline: bool = True
+    """Encrypt each timeline event whole (its payload may hold undeclared personal data)."""
+    keys_env: str = Field(default="TESSERA_PII_KEYS", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """The environment variable holding ``KEY_ID:BASE64`` keys, comma-separated, newest first."""
+
+
 class PrivacyConfig(Strict):
     """Trust and privacy: data subject requests, suppression, key lookups, rate limits."""
 
@@ -165,6 +180,7 @@ class PrivacyConfig(Strict):
     """How long an API process trusts what it read about a managed key (revocation delay)."""
     rate_limit: RateLimitConfig | None = None
     """Per-key request rate limit for keys without their own; none: unlimited."""
+    encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
 
 
 class TesseraConfig(Strict):

@@ -17,6 +17,7 @@ from tessera.store import Store, open_store
 
 if TYPE_CHECKING:
     from tessera.events.envelope import Event
+    from tessera.privacy.encryption import FieldCipher
     from tessera.privacy.principals import Principals
     from tessera.privacy.records import TrustRecords
     from tessera.privacy.suppression import Suppression
@@ -42,7 +43,9 @@ class Runtime:
         self.bus_url = bus_url or os.environ.get("TESSERA_BUS_URL") or config.bus_url
         self.store_url = store_url or os.environ.get("TESSERA_STORE_URL") or config.store_url
         self.bus: Bus = open_bus(self.bus_url, self.data_dir)
-        self.store: Store = open_store(self.store_url, self.data_dir)
+        self.cipher: FieldCipher | None = None
+        """Encrypts personal data at rest (``privacy.encryption``); None when no key is given."""
+        self.store: Store = self._protect(open_store(self.store_url, self.data_dir))
         self.extractor = IdentifierExtractor(config)
         self.processor = ProfileProcessor(config, self.store)
         self.processor.screen = self._screen
@@ -53,10 +56,35 @@ class Runtime:
         self.api_keys = {k.key: frozenset(k.scopes) for k in config.api_keys}
         self._started = False
 
+    def _protect(self, store: Store) -> Store:
+        """Wrap the store so personal data is encrypted at rest, if keys are given.
+
+        A missing or wrong key stops the process here, at start, with an
+        :class:`~tessera.privacy.encryption.EncryptionError` naming the key.
+        Without keys, the trust records are asked whether stored data needs
+        them: here for an embedded installation, in :meth:`start` for
+        PostgreSQL (so that a server that is down does not fail construction).
+        """
+        from tessera.privacy.encryption import check_keys, cipher_from_environment
+        from tessera.store.encrypted import EncryptedStore
+
+        self.cipher = cipher_from_environment(self.config)
+        self._keys_checked = False
+        if self.cipher is not None or (self.data_dir / "trust.db").exists():
+            check_keys(self.records, self.cipher, self.config.privacy.encryption.keys_env)
+            self._keys_checked = True
+        return store if self.cipher is None else EncryptedStore(store, self.cipher)
+
     async def start(self) -> None:
         if self._started:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self._keys_checked and self.store_url and not self.store_url.startswith("sqlite"):
+            from tessera.privacy.encryption import check_keys
+
+            await asyncio.to_thread(check_keys, self.records, self.cipher,
+                                    self.config.privacy.encryption.keys_env)
+            self._keys_checked = True
         await asyncio.to_thread(self.store.migrate)
         await self.bus.start()
         self._started = True

@@ -79,3 +79,23 @@ class RecordsContract:
         assert [e.action for e in records.audit_entries(action="keys.")] == [
             "keys.revoke", "keys.create"]
         assert [e.id for e in records.audit_entries(limit=1, before=ids[2])] == [ids[1]]
+
+    def test_data_keys_register_once_retire_and_come_back(self, records: TrustRecords) -> None:
+        assert records.data_keys() == []
+        records.add_data_key("k1", "check-1", 1.0)
+        records.add_data_key("k1", "other", 2.0)  # an existing id keeps its check value
+        records.add_data_key("k2", "check-2", 3.0)
+        assert [(k.id, k.check, k.retired_at) for k in records.data_keys()] == [
+            ("k1", "check-1", None), ("k2", "check-2", None)]
+        records.retire_data_keys(["k1"], 5.0)
+        assert [k.retired_at for k in records.data_keys()] == [5.0, None]
+        records.unretire_data_key("k1")
+        assert [k.retired_at for k in records.data_keys()] == [None, None]
+
+    def test_state_values_are_set_replaced_and_cleared(self, records: TrustRecords) -> None:
+        assert records.get_state("rotation") is None
+        records.set_state("rotation", '{"after": ""}')
+        records.set_state("rotation", '{"after": "prf_9"}')
+        assert records.get_state("rotation") == '{"after": "prf_9"}'
+        records.set_state("rotation", None)
+        assert records.get_state("rotation") is None

@@ -229,3 +229,53 @@ def privacy_access(
     if export is None:
         raise _fail("no profile has this identifier")
     typer.echo(orjson.dumps(export, option=orjson.OPT_INDENT_2).decode())
+
+
+@privacy_app.command("new-key")
+def privacy_new_key(
+    key_id: Annotated[str, typer.Argument(help="An id for the key (letters, digits, _ or -)")],
+) -> None:
+    """Print a fresh 256-bit key as KEY_ID:BASE64, to put first in TESSERA_PII_KEYS."""
+    from tessera.privacy.encryption import EncryptionError, Keyring, new_key
+
+    entry = f"{key_id}:{new_key()}"
+    try:
+        Keyring.parse(entry, "key")
+    except EncryptionError as exc:
+        raise _fail(str(exc)) from None
+    console.print(entry, markup=False, highlight=False)
+
+
+@privacy_app.command("rotate-key")
+def privacy_rotate_key(
+    max_profiles: Annotated[int | None, typer.Option(
+        help="Stop after this many profiles; the next run continues from there", min=1)] = None,
+    restart: Annotated[bool, typer.Option(
+        "--restart", help="Start a new pass from the first profile")] = False,
+    config: ConfigOpt = None, data_dir_: DataDirOpt = None,
+) -> None:
+    """Re-encrypt stored personal data under the first key of TESSERA_PII_KEYS.
+
+    Resumable: an interrupted run continues where it stopped. When every value
+    is under the current key, older key ids are retired and may be removed from
+    the environment. Restart the server and workers with the new key first.
+    """
+    from tessera.privacy.rotation import rotate
+
+    runtime = _runtime(config, data_dir_)
+    try:
+        report = rotate(runtime.store, runtime.records, max_profiles=max_profiles,
+                        restart=restart,
+                        progress=lambda r: err.print(f"{r.profiles:,} profiles, {r.traits:,} "
+                                                     f"traits, {r.events:,} events"))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        runtime.store.close()
+    _audit(runtime, "privacy.rotate_key", report.target, profiles=report.profiles,
+           traits=report.traits, events=report.events, complete=report.complete,
+           retired=report.retired)
+    console.print_json(orjson.dumps(report.as_dict()).decode())
+    if report.complete and report.waiting_outbox:
+        err.print(f"{report.waiting_outbox} outbox messages still use an older key: keep a "
+                  f"worker running so they are relayed, then run this again to retire it")

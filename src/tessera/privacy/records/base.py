@@ -57,6 +57,18 @@ class AuditEntry:
     id: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class DataKey:
+    """An encryption key id that has encrypted stored data (the key itself is never stored)."""
+
+    id: str
+    check: str
+    """An encryption of a constant under the key: tells a wrong key at start."""
+    created_at: float
+    retired_at: float | None = None
+    """Set when a finished rotation left no data encrypted with it."""
+
+
 class TrustRecords(abc.ABC):
     """Keys, suppressions and audit entries, shared by every process of one installation."""
 
@@ -106,6 +118,31 @@ class TrustRecords(abc.ABC):
         self, limit: int = 100, before: int | None = None, action: str | None = None
     ) -> list[AuditEntry]:
         """Newest first; ``before`` is an entry id (paging); ``action`` a prefix filter."""
+
+    # -- encryption keys in use, and progress of long operations
+    @abc.abstractmethod
+    def data_keys(self) -> list[DataKey]:
+        """Every encryption key id that was registered, retired or not, oldest first."""
+
+    @abc.abstractmethod
+    def add_data_key(self, key_id: str, check: str, at: float) -> None:
+        """Register a key id before anything is encrypted with it (an existing id is kept)."""
+
+    @abc.abstractmethod
+    def retire_data_keys(self, key_ids: Sequence[str], at: float) -> None:
+        """Mark key ids as no longer holding any stored data."""
+
+    @abc.abstractmethod
+    def unretire_data_key(self, key_id: str) -> None:
+        """A process encrypts with this key id again."""
+
+    @abc.abstractmethod
+    def get_state(self, name: str) -> str | None:
+        """A small named value (a resumable operation's cursor); None if unset."""
+
+    @abc.abstractmethod
+    def set_state(self, name: str, value: str | None) -> None:
+        """Set or (with None) clear a named value."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

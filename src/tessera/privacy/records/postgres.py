@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from tessera.privacy.records.base import AuditEntry, ManagedKey, TrustRecords
+from tessera.privacy.records.base import AuditEntry, DataKey, ManagedKey, TrustRecords
 from tessera.privacy.records.sqlite import KEY_COLUMNS, entry_from_row, key_from_row, key_to_row
 from tessera.store.postgres import parse_url
 
@@ -38,6 +38,16 @@ CREATE TABLE IF NOT EXISTS trust_keys (
 CREATE TABLE IF NOT EXISTS trust_suppressions (
     digest TEXT PRIMARY KEY,
     at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS trust_data_keys (
+    id TEXT PRIMARY KEY,
+    check_value TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    retired_at DOUBLE PRECISION
+);
+CREATE TABLE IF NOT EXISTS trust_state (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS trust_audit (
     id BIGSERIAL PRIMARY KEY,
@@ -161,6 +171,40 @@ class PostgresRecords(TrustRecords):
         with self._conn() as conn:
             rows = conn.execute(query.encode(), params).fetchall()
         return [entry_from_row((r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]))) for r in rows]
+
+    def data_keys(self) -> list[DataKey]:
+        with self._conn() as conn:
+            rows = conn.execute("SELECT id, check_value, created_at, retired_at "
+                                "FROM trust_data_keys ORDER BY created_at, id").fetchall()
+        return [DataKey(*r) for r in rows]
+
+    def add_data_key(self, key_id: str, check: str, at: float) -> None:
+        with self._conn() as conn:
+            conn.execute("INSERT INTO trust_data_keys (id, check_value, created_at) "
+                         "VALUES (%s, %s, %s) ON CONFLICT (id) DO NOTHING", (key_id, check, at))
+
+    def retire_data_keys(self, key_ids: Sequence[str], at: float) -> None:
+        with self._conn() as conn:
+            conn.execute("UPDATE trust_data_keys SET retired_at=%s "
+                         "WHERE id = ANY(%s) AND retired_at IS NULL", (at, list(key_ids)))
+
+    def unretire_data_key(self, key_id: str) -> None:
+        with self._conn() as conn:
+            conn.execute("UPDATE trust_data_keys SET retired_at=NULL WHERE id=%s", (key_id,))
+
+    def get_state(self, name: str) -> str | None:
+        with self._conn() as conn:
+            row = conn.execute("SELECT value FROM trust_state WHERE name=%s", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_state(self, name: str, value: str | None) -> None:
+        with self._conn() as conn:
+            if value is None:
+                conn.execute("DELETE FROM trust_state WHERE name=%s", (name,))
+            else:
+                conn.execute("INSERT INTO trust_state (name, value) VALUES (%s, %s) "
+                             "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                             (name, value))
 
     def close(self) -> None:
         with self._lock:

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from tessera import sqlitefile
-from tessera.privacy.records.base import AuditEntry, ManagedKey, TrustRecords
+from tessera.privacy.records.base import AuditEntry, DataKey, ManagedKey, TrustRecords
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -36,6 +36,16 @@ CREATE TABLE IF NOT EXISTS suppressions (
     digest TEXT PRIMARY KEY,
     at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS data_keys (
+    id TEXT PRIMARY KEY,
+    check_value TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    retired_at REAL
+);
+CREATE TABLE IF NOT EXISTS state (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit_log (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -153,6 +163,35 @@ class SQLiteRecords(TrustRecords):
         sql += " ORDER BY id DESC LIMIT ?"
         params.append(limit)
         return [entry_from_row(r) for r in self._conn().execute(sql, params)]
+
+    def data_keys(self) -> list[DataKey]:
+        return [DataKey(*r) for r in self._conn().execute(
+            "SELECT id, check_value, created_at, retired_at FROM data_keys "
+            "ORDER BY created_at, id")]
+
+    def add_data_key(self, key_id: str, check: str, at: float) -> None:
+        self._conn().execute(
+            "INSERT OR IGNORE INTO data_keys (id, check_value, created_at) VALUES (?, ?, ?)",
+            (key_id, check, at))
+
+    def retire_data_keys(self, key_ids: Sequence[str], at: float) -> None:
+        self._conn().executemany(
+            "UPDATE data_keys SET retired_at=? WHERE id=? AND retired_at IS NULL",
+            [(at, kid) for kid in key_ids])
+
+    def unretire_data_key(self, key_id: str) -> None:
+        self._conn().execute("UPDATE data_keys SET retired_at=NULL WHERE id=?", (key_id,))
+
+    def get_state(self, name: str) -> str | None:
+        row = self._conn().execute("SELECT value FROM state WHERE name=?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_state(self, name: str, value: str | None) -> None:
+        if value is None:
+            self._conn().execute("DELETE FROM state WHERE name=?", (name,))
+        else:
+            self._conn().execute("INSERT OR REPLACE INTO state (name, value) VALUES (?, ?)",
+                                 (name, value))
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
