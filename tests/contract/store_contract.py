@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tessera.store.base import Store, TimelineEntry, Trait
+from tessera.store.base import NewProfile, Store, TimelineEntry, Trait
 
 
 def pid() -> str:
@@ -301,3 +301,59 @@ class StoreContract:
             ("e2", {"id": "e2", "type": "page"}), ("e1", {"id": "e1", "v": 2})]
         profile = store.get_profile(p)
         assert profile is not None and profile.event_count == 2
+
+    # -- the bulk and export operations (defaults built on the rest of the contract)
+
+    def test_create_profiles_writes_what_the_single_calls_would(self, store: Store) -> None:
+        a, b = pid(), pid()
+        made = [NewProfile(p, [("email", f"{n}@x.io"), ("user_id", n)], f"ev-{n}", "crm",
+                           {"city": Trait(n.upper(), "crm", 5.0, 3, f"ev-{n}")},
+                           entry(f"ev-{n}", 5.0))
+                for p, n in ((a, "a"), (b, "b"))]
+        with store.transaction() as tx:
+            tx.create_profiles(made, 7.0)
+        profile = store.get_profile(b)
+        assert profile is not None
+        assert (profile.created_at, profile.updated_at, profile.event_count) == (7.0, 7.0, 1)
+        assert profile.traits == {"city": Trait("B", "crm", 5.0, 3, "ev-b")}
+        assert {(i.type, i.value, i.event_uid, i.source, i.linked_at, i.reason)
+                for i in profile.identities} == {("email", "b@x.io", "ev-b", "crm", 7.0,
+                                                  "deterministic"),
+                                                 ("user_id", "b", "ev-b", "crm", 7.0,
+                                                  "deterministic")}
+        assert store.resolve("user_id:a") == a
+        assert [e.event_uid for e in store.timeline(a, 10)] == ["ev-a"]
+        assert store.timeline(a, 10)[0].event == {"id": "ev-a", "type": "page"}
+
+    def test_timeline_uids_and_entries_by_uid(self, store: Store) -> None:
+        a, b = pid(), pid()
+        with store.transaction() as tx:
+            tx.create_profile(a, 1.0)
+            tx.create_profile(b, 1.0)
+            tx.append_timeline(a, [entry(f"a{i}", float(i)) for i in range(3)], 1.0)
+        assert store.timeline_uids([a, b]) == {a: ["a2", "a1", "a0"], b: []}
+        got = store.timeline_entries(a, ["a0", "a2", "missing"])
+        assert [e.event_uid for e in got] == ["a2", "a0"]
+        assert got[1].event == {"id": "a0", "type": "page"} and got[1].time == 0.0
+        assert store.timeline_entries(b, ["a0"]) == []
+
+
+class ChangeFeedContract(StoreContract):
+    """``changed_profiles`` and ``touch``: the warehouse's incremental export reads these."""
+
+    def test_changed_profiles_follow_updated_at(self, store: Store) -> None:
+        a, b, c = sorted(pid() for _ in range(3))
+        with store.transaction() as tx:
+            for p in (a, b, c):
+                tx.create_profile(p, 10.0)
+        assert store.changed_profiles(9.0) == [a, b, c]
+        assert store.changed_profiles(10.0) == []
+        with store.transaction() as tx:
+            tx.append_timeline(a, [entry("e1", 1.0)], 20.0)
+            tx.touch([c], 21.0)
+        assert store.changed_profiles(10.0) == [a, c]
+        profile = store.get_profile(c)
+        assert profile is not None and profile.updated_at == 21.0 and profile.event_count == 0
+        with store.transaction() as tx:
+            tx.merge(a, [b], "e2", 30.0, "deterministic")
+        assert store.changed_profiles(21.0) == [a, b]  # the merged-away one too

@@ -31,7 +31,7 @@ from tessera.store.postgres import (
     migrate,
 )
 from tessera.store.sqlite import SQLiteStore
-from tests.contract.store_contract import StoreContract, entry, pid
+from tests.contract.store_contract import ChangeFeedContract, entry, pid
 from tests.services import require_postgres
 
 pytestmark = pytest.mark.services
@@ -48,7 +48,7 @@ def schema_for(tmp_path: Path, suffix: str = "") -> str:
     return f"t_{digest}"
 
 
-class TestPostgresStore(StoreContract):
+class TestPostgresStore(ChangeFeedContract):
     url: str
     schemas: set[str]
 

@@ -74,6 +74,18 @@ class TimelineEntry:
 
 
 @dataclass(slots=True)
+class NewProfile:
+    """A profile made whole by one event: what the bulk import path creates in one go."""
+
+    id: str
+    identifiers: list[Identifier]
+    event_uid: str
+    source: str
+    traits: dict[str, Trait]
+    entry: TimelineEntry
+
+
+@dataclass(slots=True)
 class OutboxMessage:
     id: int
     topic: str
@@ -171,6 +183,30 @@ class StoreTx(abc.ABC):
     def add_outbox(self, messages: Sequence[tuple[str, str, str, bytes]]) -> None:
         """Queue ``(topic, message_id, key, payload)`` for the bus, atomically with the effects."""
 
+    def create_profiles(self, profiles: Sequence[NewProfile], at: float) -> None:
+        """Create profiles that one event each makes whole (links, traits, one timeline entry).
+
+        The same rows as ``create_profile``, ``link``, ``put_traits`` and
+        ``append_timeline`` per profile, which is what this default does; a backend
+        may write them with one statement per table (the bulk import's speed).
+        """
+        for p in profiles:
+            self.create_profile(p.id, at)
+            if p.identifiers:
+                self.link(p.id, p.identifiers, p.event_uid, at, p.source)
+            if p.traits:
+                self.put_traits(p.id, p.traits)
+            self.append_timeline(p.id, [p.entry], at)
+
+    def touch(self, profile_ids: Sequence[str], at: float) -> None:
+        """Mark profiles as changed at ``at`` (``updated_at``) without adding events.
+
+        For writers that change traits alone (SQL traits from the warehouse), so
+        that :meth:`Store.changed_profiles` sees them.
+        """
+        for pid in profile_ids:
+            self.append_timeline(pid, [], at)
+
     def split(
         self,
         profile_id: str,
@@ -247,6 +283,43 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def iter_profile_ids(self) -> Iterator[str]:
         """Every live (not merged-away) profile id, in id order."""
+
+    def changed_profiles(self, since: float) -> list[str]:
+        """Ids of every profile, live or merged away, whose ``updated_at`` is after ``since``.
+
+        Creating, appending events, merging, splitting and :meth:`StoreTx.touch`
+        set ``updated_at``, so this is the change feed of the warehouse's
+        incremental export. Optional; backends that lack it raise NotImplementedError.
+        """
+        raise NotImplementedError
+
+    def timeline_uids(self, profile_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The event uids of each profile's timeline (cheap: no event documents)."""
+        out: dict[str, list[str]] = {}
+        for pid in profile_ids:
+            uids: list[str] = []
+            before: tuple[float, str] | None = None
+            while True:
+                page = self.timeline(pid, 1000, before)
+                uids += [e.event_uid for e in page]
+                if len(page) < 1000:
+                    break
+                before = (page[-1].time, page[-1].event_uid)
+            out[pid] = uids
+        return out
+
+    def timeline_entries(self, profile_id: str, event_uids: Sequence[str]) -> list[TimelineEntry]:
+        """These entries of the profile's timeline (those that exist), newest first."""
+        wanted = set(event_uids)
+        found: list[TimelineEntry] = []
+        before: tuple[float, str] | None = None
+        while wanted:
+            page = self.timeline(profile_id, 1000, before)
+            found += [e for e in page if e.event_uid in wanted]
+            if len(page) < 1000:
+                break
+            before = (page[-1].time, page[-1].event_uid)
+        return found
 
     @abc.abstractmethod
     def erase(self, profile_id: str, anonymize: bool = False) -> Erased:

@@ -1070,6 +1070,29 @@ class PostgresStore(Store):
             after = page[-1]
 
 
+    def changed_profiles(self, since: float) -> list[str]:
+        with self._connection() as conn:
+            return [str(r[0]) for r in conn.execute(
+                "SELECT id FROM profiles WHERE updated_at > %s ORDER BY id", [since])]
+
+    def timeline_uids(self, profile_ids: Sequence[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {pid: [] for pid in profile_ids}
+        with self._connection() as conn:
+            for pid, uid in conn.execute(
+                    "SELECT profile_id, event_uid FROM timeline WHERE profile_id = ANY(%s) "
+                    "ORDER BY profile_id, time DESC, event_uid DESC", [list(profile_ids)]):
+                out[pid].append(uid)
+        return out
+
+    def timeline_entries(self, profile_id: str, event_uids: Sequence[str]) -> list[TimelineEntry]:
+        with self._connection() as conn:
+            rows = conn.cursor(binary=True).execute(
+                "SELECT event_uid, type, source, time, received_at, event FROM timeline "
+                "WHERE profile_id = %s AND event_uid = ANY(%s) "
+                "ORDER BY time DESC, event_uid DESC", [profile_id, list(event_uids)]).fetchall()
+        return [TimelineEntry(uid, type_, src, t, rcv, orjson.loads(ev))
+                for uid, type_, src, t, rcv, ev in rows]
+
     def erase(self, profile_id: str, anonymize: bool = False) -> Erased:
         """One transaction holding the profile's row lock, as a processor's merge does.
 

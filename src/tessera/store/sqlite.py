@@ -22,6 +22,7 @@ from tessera.store.base import (
     Identifier,
     IdentityLink,
     MergeRecord,
+    NewProfile,
     OutboxMessage,
     Profile,
     Store,
@@ -252,6 +253,23 @@ class SQLiteTx(StoreTx):
             (len(entries), at, profile_id),
         )
 
+    def create_profiles(self, profiles: Sequence[NewProfile], at: float) -> None:
+        """One ``executemany`` per table for the batch (see :meth:`StoreTx.create_profiles`)."""
+        ex = self.conn.executemany
+        ex("INSERT INTO profiles (id, created_at, updated_at, event_count) VALUES (?, ?, ?, 1)",
+           [(p.id, at, at) for p in profiles])
+        ex("INSERT INTO identities (type, value, profile_id, event_uid, linked_at, source, "
+           "reason) VALUES (?, ?, ?, ?, ?, ?, 'deterministic')",
+           [(t, v, p.id, p.event_uid, at, p.source) for p in profiles for t, v in p.identifiers])
+        ex("INSERT OR REPLACE INTO traits (profile_id, name, value, source, time, priority, "
+           "event_uid) VALUES (?, ?, ?, ?, ?, ?, ?)",
+           [(p.id, n, orjson.dumps(t.value), t.source, t.time, t.priority, t.event_uid)
+            for p in profiles for n, t in p.traits.items()])
+        ex("INSERT OR IGNORE INTO timeline (profile_id, time, event_uid, type, source, "
+           "received_at, event) VALUES (?, ?, ?, ?, ?, ?, ?)",
+           [(p.id, p.entry.time, p.entry.event_uid, p.entry.type, p.entry.source,
+             p.entry.received_at, orjson.dumps(p.entry.event)) for p in profiles])
+
     def add_outbox(self, messages: Sequence[tuple[str, str, str, bytes]]) -> None:
         self.conn.executemany(
             "INSERT INTO outbox (topic, message_id, key, payload) VALUES (?, ?, ?, ?)", messages
@@ -468,6 +486,35 @@ class SQLiteStore(Store):
             "SELECT id FROM profiles WHERE merged_into IS NULL ORDER BY id"
         ):
             yield pid
+
+    def changed_profiles(self, since: float) -> list[str]:
+        return [r[0] for r in self._conn().execute(
+            "SELECT id FROM profiles WHERE updated_at > ? ORDER BY id", (since,))]
+
+    def timeline_uids(self, profile_ids: Sequence[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {pid: [] for pid in profile_ids}
+        conn = self._conn()
+        for chunk in _chunks(list(profile_ids)):
+            marks = ",".join("?" * len(chunk))
+            # the (profile_id, time, event_uid) index answers this alone
+            for pid, uid in conn.execute(
+                    f"SELECT profile_id, event_uid FROM timeline WHERE profile_id IN ({marks}) "
+                    f"ORDER BY profile_id, time DESC, event_uid DESC", chunk):
+                out[pid].append(uid)
+        return out
+
+    def timeline_entries(self, profile_id: str, event_uids: Sequence[str]) -> list[TimelineEntry]:
+        found: list[TimelineEntry] = []
+        conn = self._conn()
+        for chunk in _chunks(list(event_uids)):
+            marks = ",".join("?" * len(chunk))
+            found += [TimelineEntry(uid, type_, src, t, rcv, orjson.loads(ev))
+                      for uid, type_, src, t, rcv, ev in conn.execute(
+                          f"SELECT event_uid, type, source, time, received_at, event "
+                          f"FROM timeline WHERE profile_id=? AND event_uid IN ({marks})",
+                          [profile_id, *chunk])]
+        found.sort(key=lambda e: (e.time, e.event_uid), reverse=True)
+        return found
 
     def erase(self, profile_id: str, anonymize: bool = False) -> Erased:
         with self._write_lock:

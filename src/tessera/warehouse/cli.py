@@ -38,23 +38,39 @@ def _repeat(every: float | None, times: int, step: Any) -> None:
 
 @warehouse_app.command("export")
 def export(parquet: Annotated[bool, typer.Option("--parquet/--no-parquet")] = True,
+           full: Annotated[bool, typer.Option(help="Replace every table instead of writing "
+                                              "only what changed since the last export")
+                           ] = False,
+           overlap: Annotated[float, typer.Option(
+               min=0, help="Seconds re-read before the last export's mark (late commits)")
+                              ] = 60.0,
            every: EveryOpt = None, times: TimesOpt = 1_000_000,
            config: ConfigOpt = None, data_dir_: DataOpt = None) -> None:
-    """Copy profiles, traits, identities, merges and events into the warehouse (and Parquet)."""
+    """Bring profiles, traits, identities, merges, events and segment memberships into
+    the warehouse (and Parquet): only what changed since the last export, or --full."""
+    from tessera.personalization.state import open_state
     from tessera.warehouse import Warehouse
 
     runtime = _runtime(config, data_dir_)
+    state = open_state(runtime.store_url, runtime.data_dir)
+    state.migrate()
     wh = Warehouse(runtime.data_dir)
+    first = [full]
 
     def step() -> None:
-        report = wh.export(runtime.store, parquet)
+        report = wh.export(runtime.store, parquet, memberships=state, full=first[0],
+                           overlap=overlap)
+        first[0] = False  # --full with --every: the first run only
         rows = ", ".join(f"{t} {n:,}" for t, n in report.rows.items())
-        console.print(f"exported in {report.seconds:.1f} s: {rows}")
+        written = ", ".join(f"{t} {n:,}" for t, n in report.written.items() if n) or "nothing"
+        console.print(f"{report.mode} export in {report.seconds:.1f} s: {rows}")
+        console.print(f"  rows written: {written}")
 
     try:
         _repeat(every, times, step)
     finally:
         wh.close()
+        state.close()
 
 
 @warehouse_app.command("sql")

@@ -1,78 +1,54 @@
 """The warehouse: a DuckDB file in the data directory, fed from the store.
 
-``export`` copies the store's projections into tables (``profiles``,
-``traits``, ``identities``, ``merges``, ``events``) in one DuckDB
-transaction, so readers see the previous export or the new one, never a mix,
-and writes them as Parquet too (``events`` partitioned by day and type).
-``sql`` runs any query. ``sync_traits`` computes SQL-defined traits (over the
-warehouse tables or external Parquet files via ``read_parquet``) and writes
-back to the profiles only the rows whose value changed since the last sync,
-with the warehouse as the trait's source and that source's priority.
+``export`` copies the store's projections and the segment memberships into
+tables (``profiles``, ``traits``, ``identities``, ``merges``, ``events``,
+``segment_memberships``) in one DuckDB transaction, so readers see the
+previous export or the new one, never a mix: incrementally (only what changed
+since the stored high-water mark, see :mod:`.export`) or as a full refresh.
+It writes them as Parquet too (``events`` partitioned by day and type; an
+incremental export rewrites only the partitions and files that changed).
+``sql`` runs any query; ``sync_traits`` (:mod:`.traits`) writes SQL-defined
+traits back to the profiles.
 """
 
 from __future__ import annotations
 
-import hashlib
+import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import orjson
-import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from urllib.parse import unquote
 
 from tessera.config import TesseraConfig
-from tessera.events.envelope import Event
-from tessera.processing.profiles import DERIVED_SOURCE, DERIVED_TOPIC
-from tessera.profiles.survivorship import Survivorship
-from tessera.store.base import Store, Trait
+from tessera.store.base import Store
+from tessera.warehouse.export import (
+    DAY,
+    MARKED,
+    TABLES,
+    Changes,
+    Memberships,
+    full_export,
+    incremental_export,
+)
+from tessera.warehouse.traits import SqlTrait, SyncReport, sync_traits
 
-TABLES = {
-    "profiles": "profile_id VARCHAR, created_at DOUBLE, updated_at DOUBLE, event_count BIGINT",
-    "traits": "profile_id VARCHAR, name VARCHAR, value JSON, source VARCHAR, time DOUBLE, "
-              "priority INTEGER, event_uid VARCHAR",
-    "identities": "profile_id VARCHAR, type VARCHAR, value VARCHAR, event_uid VARCHAR, "
-                  "linked_at DOUBLE, source VARCHAR, reason VARCHAR",
-    "merges": "profile_id VARCHAR, merged_id VARCHAR, event_uid VARCHAR, merged_at DOUBLE, "
-              "reason VARCHAR",
-    "events": "profile_id VARCHAR, event_uid VARCHAR, type VARCHAR, source VARCHAR, "
-              "time DOUBLE, received_at DOUBLE, event JSON",
-}
-CHUNK = 2000
-
-
-class SqlTrait(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(min_length=1)
-    sql: str = Field(min_length=1)
-    """A query returning ``profile_id`` and ``value`` columns."""
-    source: str = "warehouse"
-    """The trait's source name (its survivorship priority applies)."""
-
-
-def load_trait_specs(path: str | Path) -> list[SqlTrait]:
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    return [SqlTrait.model_validate(t) for t in raw.get("traits", [])]
+OVERLAP = 60.0
+"""Seconds re-read before the last mark: covers transactions that committed late."""
 
 
 @dataclass(slots=True)
 class ExportReport:
     rows: dict[str, int]
+    """Rows each table holds after the export."""
     seconds: float
     parquet_dir: str
-
-
-@dataclass(slots=True)
-class SyncReport:
-    trait: str
-    rows: int
-    changed: int
-    written: int
-    unknown_profiles: int
+    mode: str = "full"
+    """``full`` or ``incremental``."""
+    written: dict[str, int] = field(default_factory=dict)
+    """Rows inserted, updated or deleted per table (a full export: every row)."""
 
 
 class Warehouse:
@@ -86,68 +62,78 @@ class Warehouse:
         self.conn = duckdb.connect(str(self.path))
         self.conn.execute("CREATE TABLE IF NOT EXISTS trait_sync_state (trait VARCHAR, "
                           "profile_id VARCHAR, digest VARCHAR, PRIMARY KEY (trait, profile_id))")
+        self.conn.execute("CREATE TABLE IF NOT EXISTS export_marks (table_name VARCHAR "
+                          "PRIMARY KEY, mark DOUBLE, exported_at DOUBLE)")
 
     def close(self) -> None:
         self.conn.close()
 
     # -- export --------------------------------------------------------------
 
-    def _rows(self, store: Store) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
-        ids = list(store.iter_profile_ids())
-        for start in range(0, len(ids), CHUNK):
-            batch: dict[str, list[tuple[Any, ...]]] = {t: [] for t in TABLES}
-            for pid in ids[start:start + CHUNK]:
-                p = store.get_profile(pid)
-                if p is None:
-                    continue
-                batch["profiles"].append((p.id, p.created_at, p.updated_at, p.event_count))
-                batch["traits"] += [(p.id, n, orjson.dumps(t.value).decode(), t.source, t.time,
-                                     t.priority, t.event_uid) for n, t in p.traits.items()]
-                batch["identities"] += [(p.id, i.type, i.value, i.event_uid, i.linked_at,
-                                         i.source, i.reason) for i in p.identities]
-                batch["merges"] += [(p.id, m.merged, m.event_uid, m.at, m.reason)
-                                    for m in p.merged_from]
-                before: tuple[float, str] | None = None
-                for _ in range(p.event_count // 1000 + 2):
-                    page = store.timeline(pid, 1000, before)
-                    batch["events"] += [(pid, e.event_uid, e.type, e.source, e.time,
-                                         e.received_at, orjson.dumps(e.event).decode())
-                                        for e in page]
-                    if len(page) < 1000:
-                        break
-                    before = (page[-1].time, page[-1].event_uid)
-            yield from batch.items()
+    def marks(self) -> dict[str, float]:
+        """The high-water mark of each table fed by the store's change feed."""
+        return dict(self.conn.execute("SELECT table_name, mark FROM export_marks").fetchall())
 
-    def export(self, store: Store, parquet: bool = True) -> ExportReport:
+    def _tables(self) -> set[str]:
+        return {r[0] for r in self.conn.execute(
+            "SELECT table_name FROM information_schema.tables").fetchall()}
+
+    def export(self, store: Store, parquet: bool = True, memberships: Memberships | None = None,
+               full: bool = False, overlap: float = OVERLAP) -> ExportReport:
+        """Bring the warehouse up to date: incrementally when it can, else a full refresh.
+
+        Incremental needs every table and mark of an earlier export and a store
+        with a change feed (:meth:`Store.changed_profiles`); otherwise, or with
+        ``full``, every table is replaced.
+        """
         started = time.monotonic()
-        counts = dict.fromkeys(TABLES, 0)
+        mark = time.time()  # changes committed from here on are the next export's
+        marks = self.marks()
+        incremental = (not full and all(t in marks for t in MARKED)
+                       and set(TABLES) - {"segment_memberships"} <= self._tables())
         conn = self.conn
         conn.execute("BEGIN")
         try:
-            for table, columns in TABLES.items():
-                conn.execute(f"CREATE OR REPLACE TABLE {table} ({columns})")
-            for table, rows in self._rows(store):
-                if rows:
-                    marks = ",".join("?" * len(rows[0]))
-                    conn.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)
-                    counts[table] += len(rows)
+            conn.execute("CREATE TABLE IF NOT EXISTS segment_memberships "
+                         f"({TABLES['segment_memberships']})")
+            changes: Changes | None = None
+            if incremental:
+                try:
+                    changes = incremental_export(conn, store, min(marks.values()) - overlap,
+                                                 memberships)
+                except NotImplementedError:  # no change feed in this store
+                    incremental = False
+            if not incremental:
+                full_export(conn, store, memberships)
+            conn.executemany("INSERT OR REPLACE INTO export_marks VALUES (?, ?, ?)",
+                             [(t, mark, time.time()) for t in MARKED])
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        rows = {t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])  # type: ignore[index]
+                for t in TABLES}
         if parquet:
-            self.write_parquet()
-        return ExportReport(counts, time.monotonic() - started, str(self.parquet_dir))
+            if changes is None or not self.parquet_dir.exists():
+                self.write_parquet()
+            else:
+                self._update_parquet(changes)
+        return ExportReport(rows, time.monotonic() - started, str(self.parquet_dir),
+                            "incremental" if changes is not None else "full",
+                            changes.written if changes is not None else dict(rows))
 
     def write_parquet(self) -> None:
+        """Every table as Parquet, written beside the old files and swapped in whole."""
         tmp = self.parquet_dir.with_name(self.parquet_dir.name + ".new")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        present = self._tables()
         for table in TABLES:
+            if table not in present:
+                continue
             if table == "events":
                 self.conn.execute(
-                    f"COPY (SELECT *, strftime(to_timestamp(time), '%Y-%m-%d') AS day "
-                    f"FROM events) TO '{tmp / 'events'}' "
+                    f"COPY (SELECT *, {DAY} AS day FROM events) TO '{tmp / 'events'}' "
                     f"(FORMAT PARQUET, PARTITION_BY (day, type), OVERWRITE_OR_IGNORE)")
             else:
                 self.conn.execute(f"COPY {table} TO '{tmp / (table + '.parquet')}' "
@@ -158,6 +144,43 @@ class Warehouse:
             self.parquet_dir.rename(old)
         tmp.rename(self.parquet_dir)
         shutil.rmtree(old, ignore_errors=True)
+
+    def _update_parquet(self, changes: Changes) -> None:
+        """Rewrite the files of the tables, and the event partitions, that changed."""
+        for table, n in changes.written.items():
+            if n and table != "events":
+                target = self.parquet_dir / f"{table}.parquet"
+                tmp = target.with_suffix(".parquet.new")
+                self.conn.execute(f"COPY {table} TO '{tmp}' (FORMAT PARQUET)")
+                os.replace(tmp, target)
+        if not changes.partitions:
+            return
+        events = self.parquet_dir / "events"
+        tmp = self.parquet_dir / "events.new"
+        shutil.rmtree(tmp, ignore_errors=True)
+        days = sorted({d for d, _ in changes.partitions})
+        self.conn.execute(
+            f"COPY (SELECT *, {DAY} AS day FROM events WHERE {DAY} IN (SELECT unnest(?)) "
+            f"AND type IN (SELECT unnest(?))) TO '{tmp}' "
+            f"(FORMAT PARQUET, PARTITION_BY (day, type), OVERWRITE_OR_IGNORE)",
+            [days, sorted({t for _, t in changes.partitions})])
+        wanted = {(f"day={d}", t) for d, t in changes.partitions}
+        for day_dir in ([events / d for d in {d for d, _ in wanted}]):
+            if day_dir.is_dir():  # the partitions that changed go; untouched ones stay
+                for type_dir in day_dir.iterdir():
+                    if (day_dir.name, unquote(type_dir.name.partition("=")[2])) in wanted:
+                        shutil.rmtree(type_dir)
+        if tmp.is_dir():
+            for day_dir in tmp.iterdir():
+                for type_dir in day_dir.iterdir():
+                    if (day_dir.name, unquote(type_dir.name.partition("=")[2])) in wanted:
+                        dest = events / day_dir.name / type_dir.name
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        type_dir.rename(dest)
+        shutil.rmtree(tmp, ignore_errors=True)
+        for day_dir in [events / d for d in {d for d, _ in wanted}]:
+            if day_dir.is_dir() and not any(day_dir.iterdir()):
+                day_dir.rmdir()
 
     # -- erasure -------------------------------------------------------------
 
@@ -223,74 +246,5 @@ class Warehouse:
 
     def sync_traits(self, store: Store, config: TesseraConfig, specs: list[SqlTrait],
                     full: bool = False) -> list[SyncReport]:
-        survivorship = Survivorship(config)
-        reports = []
-        for spec in specs:
-            names, rows = self.sql(spec.sql)
-            if "profile_id" not in names or "value" not in names:
-                raise ValueError(f"trait {spec.name}: the query must return profile_id and value")
-            ip, iv = names.index("profile_id"), names.index("value")
-            if full:
-                self.conn.execute("DELETE FROM trait_sync_state WHERE trait=?", [spec.name])
-            known = dict(self.conn.execute(
-                "SELECT profile_id, digest FROM trait_sync_state WHERE trait=?",
-                [spec.name]).fetchall())
-            changed: list[tuple[str, Any, str]] = []
-            for row in rows:
-                value = _plain(row[iv])
-                digest = hashlib.blake2b(orjson.dumps(value), digest_size=8).hexdigest()
-                if known.get(str(row[ip])) != digest:
-                    changed.append((str(row[ip]), value, digest))
-            report = SyncReport(spec.name, len(rows), len(changed), 0, 0)
-            now = time.time()
-            priority = survivorship.priority(spec.name, spec.source)
-            synced: list[tuple[str, str, str]] = []
-            for start in range(0, len(changed), CHUNK):
-                part = changed[start:start + CHUNK]
-                live = {pid: store.resolve(pid) for pid, _, _ in part}
-                derived: list[Event] = []
-                with store.transaction() as tx:
-                    current = tx.traits({p for p in live.values() if p})
-                    for pid, value, digest in part:
-                        target = live[pid]
-                        if target is None:
-                            report.unknown_profiles += 1
-                            continue
-                        uid = f"warehouse:{spec.name}:{target}:{digest}"
-                        trait = Trait(value, spec.source, now, priority, uid)
-                        old = current.get(target, {}).get(spec.name)
-                        if survivorship.wins(trait, old):
-                            tx.put_traits(target, {spec.name: trait})
-                            report.written += 1
-                            derived.append(_updated(target, spec.name, old, value, now, uid))
-                        synced.append((spec.name, pid, digest))
-                    if derived:
-                        tx.add_outbox([(DERIVED_TOPIC, d.uid, d.partition_key, d.to_json())
-                                       for d in derived])
-            if synced:
-                self.conn.executemany("INSERT OR REPLACE INTO trait_sync_state VALUES (?, ?, ?)",
-                                      synced)
-            reports.append(report)
-        return reports
-
-
-def _plain(value: Any) -> Any:
-    """A DuckDB value as JSON-able Python (decimals and dates as numbers and text)."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, list | dict):
-        return orjson.loads(orjson.dumps(value, default=str))
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return str(value)
-
-
-def _updated(pid: str, name: str, old: Trait | None, value: Any, now: float, uid: str) -> Event:
-    return Event(
-        id=f"{uid}:profile.updated", source=DERIVED_SOURCE, type="profile.updated", time=now,
-        received_at=now, source_name="tessera",
-        data={"profile_id": pid, "changed": {name: {"old": None if old is None else old.value,
-                                                    "new": value}},
-              "caused_by": {"warehouse_trait": name}},
-        identifiers=[("profile_id", pid)], subject=pid, datacontenttype="application/json")
+        """Compute the SQL traits here and write the changed values to the profiles."""
+        return sync_traits(self.conn, store, config, specs, full)
