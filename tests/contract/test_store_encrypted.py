@@ -22,7 +22,7 @@ from tessera.store.base import Store, TimelineEntry, Trait
 from tessera.store.encrypted import EncryptedStore
 from tessera.store.postgres import PostgresStore
 from tessera.store.sqlite import SQLiteStore
-from tests.contract.store_contract import StoreContract, pid
+from tests.contract.store_contract import ChangeFeedContract, pid
 from tests.contract.test_store_postgres import schema_for
 from tests.services import require_postgres
 
@@ -64,7 +64,7 @@ def assert_reads_clear(store: Store, p: str) -> None:
     assert [m.payload for m in store.pending_outbox(5)] == [b'{"changed": "Jane Quixote"}']
 
 
-class TestEncryptedSQLiteStore(StoreContract):
+class TestEncryptedSQLiteStore(ChangeFeedContract):
     def make_store(self, tmp_path: Path) -> Store:
         return EncryptedStore(SQLiteStore(tmp_path / "store.db"), cipher())
 
@@ -101,7 +101,7 @@ class TestEncryptedSQLiteStore(StoreContract):
         assert profile is not None and profile.traits["tier"].value == fake
 
 
-class TestEncryptedPostgresStore(StoreContract):
+class TestEncryptedPostgresStore(ChangeFeedContract):
     url: str
     schemas: set[str]
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from tessera.store.base import (
     Erased,
     Identifier,
+    NewProfile,
     OutboxMessage,
     Profile,
     Store,
@@ -132,6 +133,22 @@ class EncryptedTx(StoreTx):
         seal = self.codec.seal_payload
         self.inner.add_outbox([(t, m, k, seal(m, p)) for t, m, k, p in messages])
 
+    def create_profiles(self, profiles: Sequence[NewProfile], at: float) -> None:
+        codec = self.codec
+        sealed = []
+        for p in profiles:
+            traits = {n: Trait(codec.seal_trait(n, t.value), t.source, t.time, t.priority,
+                               t.event_uid) if codec.wants_trait(n, t.value) else t
+                      for n, t in p.traits.items()}
+            e = p.entry
+            entry = TimelineEntry(e.event_uid, e.type, e.source, e.time, e.received_at,
+                                  codec.seal_event(e.event_uid, e.event))
+            sealed.append(NewProfile(p.id, p.identifiers, p.event_uid, p.source, traits, entry))
+        self.inner.create_profiles(sealed, at)  # the backend's bulk path, sealed
+
+    def touch(self, profile_ids: Sequence[str], at: float) -> None:
+        self.inner.touch(profile_ids, at)
+
     def split(
         self,
         profile_id: str,
@@ -198,6 +215,15 @@ class EncryptedStore(Store):
 
     def iter_profile_ids(self) -> Iterator[str]:
         return self.inner.iter_profile_ids()
+
+    def changed_profiles(self, since: float) -> list[str]:
+        return self.inner.changed_profiles(since)
+
+    def timeline_uids(self, profile_ids: Sequence[str]) -> dict[str, list[str]]:
+        return self.inner.timeline_uids(profile_ids)
+
+    def timeline_entries(self, profile_id: str, event_uids: Sequence[str]) -> list[TimelineEntry]:
+        return _open_entries(self.codec, self.inner.timeline_entries(profile_id, event_uids))
 
     def erase(self, profile_id: str, anonymize: bool = False) -> Erased:
         """The backend's erasure, then the outbox messages it could not see into.
