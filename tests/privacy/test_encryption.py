@@ -231,3 +231,12 @@ def test_check_keys_registers_the_encrypting_key_once(tmp_path: Path) -> None:
     with pytest.raises(EncryptionError):
         check_keys(records, FieldCipher(Keyring.parse(K1_WRONG), PiiTraits(CONFIG)), "X")
     records.close()
+
+
+def test_nonces_never_repeat_across_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    cipher = FieldCipher(Keyring.parse(K1), PiiTraits(CONFIG))
+    with ThreadPoolExecutor(8) as pool:
+        nonces = list(pool.map(lambda _: cipher._nonce(), range(20_000)))
+    assert len(set(nonces)) == len(nonces) and all(len(n) == 12 for n in nonces)
