@@ -7,6 +7,8 @@ import asyncio
 import typing
 from pathlib import Path
 
+import pytest
+
 from tessera.activation.model import Purpose
 from tessera.privacy.consent import PURPOSES, consent_traits, has_consent
 from tessera.store.base import Trait
@@ -25,7 +27,7 @@ def test_consent_objects_become_traits_and_only_true_consents() -> None:
         "consent.marketing_email": True, "consent.analytics": False}
     traits = {"consent.marketing_email": Trait(True, "web", 1.0),
               "consent.marketing_sms": Trait("true", "web", 1.0),
-              "consent.analytics": {"value": False}}
+              "consent.analytics": {"value": False, "source": "web"}}
     assert has_consent(traits, "marketing_email")
     assert not has_consent(traits, "marketing_sms")  # a string is not a decision
     assert not has_consent(traits, "analytics")
@@ -70,3 +72,51 @@ async def test_a_subscription_with_a_purpose_delivers_only_with_consent(tmp_path
             await asyncio.sleep(0.3)
         got = rx.all()
     assert [r.json["data"]["order"] for r in got] == ["yes"]
+
+
+CANDIDATES: list[object] = [True, False, "yes", "true", "granted", 1, 0, None, {"value": True},
+                            [True], "missing"]
+
+
+@pytest.mark.parametrize("value", CANDIDATES, ids=repr)
+def test_activation_next_best_action_and_audiences_honour_the_same_values(
+    value: object, tmp_path: Path
+) -> None:
+    """One person, one stored consent value: every place that acts on it gives one answer,
+    and it is yes only for ``true``."""
+    from tessera.activation.delivery import _consents
+    from tessera.activation.expr import profile_snapshot
+    from tessera.events.envelope import Event
+    from tessera.personalization.engine import Personalizer
+    from tessera.personalization.model import PersonalizationConfig
+    from tessera.personalization.nba import DecisionEngine
+    from tessera.personalization.rules import evaluate
+    from tessera.personalization.state import open_state
+    from tessera.store.base import Profile
+    from tessera.store.sqlite import SQLiteStore
+
+    config = PersonalizationConfig.model_validate({
+        "audiences": [{"name": "emailable", "rule": {"consent": "marketing_email"}}],
+        "actions": [{"name": "offer", "channels": ["email"],
+                     "requires_consent": ["marketing_email"], "priority": 1}],
+    }, strict=False)
+    traits = {} if value == "missing" else {
+        "consent.marketing_email": Trait(value, "crm", 1.0, 0, "e1")}
+    profile = Profile(id="prf_1", created_at=1.0, updated_at=1.0, event_count=1, traits=traits)
+    expected = value is True
+
+    event = Event(id="e2", source="crm", type="com.example.crm.contact.updated", time=2.0,
+                  received_at=2.0, source_name="crm", data={})
+    activation = _consents("marketing_email", event, profile_snapshot(profile))
+    store = SQLiteStore(tmp_path / "store.db")
+    state = open_state(None, tmp_path)
+    try:
+        facts = Personalizer(config, store, state).facts("prf_1", profile, {}, 3.0)
+        audience = evaluate(config.audiences[0].rule, facts)
+        decision = DecisionEngine(config).decide(facts, [], "email", 3, 3.0)
+    finally:
+        store.close()
+        state.close()
+    nba = [c.action for c in decision.chosen] == ["offer"]
+    assert (activation, audience, nba, has_consent(traits, "marketing_email")) == (
+        expected, expected, expected, expected)

@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from tessera.store.base import Trait
+
 PURPOSES = ("marketing_email", "marketing_sms", "personalization", "analytics")
 PREFIX = "consent."
 
@@ -29,15 +31,19 @@ def trait_name(purpose: str) -> str:
 def has_consent(traits: Mapping[str, Any], purpose: str) -> bool:
     """True only if the person's latest decision for ``purpose`` is ``true``.
 
-    ``traits`` maps names to values, or to objects with a ``value`` (the
-    store's :class:`~tessera.store.base.Trait`, or the API's JSON shape).
-    No decision means no consent.
+    ``traits`` maps names to values, to the store's :class:`~tessera.store.base.Trait`,
+    or to the profile API's trait objects (``value`` with its ``source``). No
+    decision means no consent, and so does any value but ``true``: ``"yes"``,
+    ``1``, or an object such as ``{"value": true}`` that an event put there.
+    Activation, next best action and audiences all ask this, so they never
+    disagree about one person.
     """
     found = traits.get(trait_name(purpose))
-    if found is None:
-        return False
-    value = found.get("value") if isinstance(found, dict) else getattr(found, "value", found)
-    return value is True
+    if isinstance(found, Trait):
+        found = found.value
+    elif isinstance(found, dict) and "value" in found and "source" in found:
+        found = found["value"]  # {"value": ..., "source": ..., "time": ...} of the API
+    return found is True
 
 
 def consent_traits(consent: Any) -> dict[str, bool]:
