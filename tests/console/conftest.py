@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -120,45 +121,70 @@ class Sections(Console):
     activation: ActivationService
 
 
-@pytest.fixture
-async def sections(tmp_path: Path) -> AsyncIterator[Sections]:
+@contextlib.asynccontextmanager
+async def _backend(kind: str) -> AsyncIterator[tuple[str | None, str | None]]:
+    """``(bus URL, store URL)``: the embedded files, or NATS and PostgreSQL with a stream
+    prefix and a schema of their own (removed afterwards)."""
+    if kind == "embedded":
+        yield None, None
+        return
+    from tessera.bus.nats import delete_streams
+    from tests.scaleout.servers import shared_nats_url, shared_postgres, unique_name
+    from tests.services import require_nats
+
+    server = require_nats()
+    prefix = f"tc{unique_name()}"
+    try:
+        with shared_postgres() as schema:
+            yield shared_nats_url(prefix), schema.store_url
+    finally:
+        await delete_streams(server, prefix.upper())
+
+
+@pytest.fixture(params=["embedded", pytest.param("nats+postgres", marks=pytest.mark.services)])
+async def sections(request: pytest.FixtureRequest, tmp_path: Path
+                   ) -> AsyncIterator[Sections]:
     """The scenario plus subscriptions, a journey, a catalog and a review candidate, with the
-    profiles worker and the activation processor running; not logged in."""
+    profiles worker and the activation processor running; not logged in. On the embedded
+    bus and store, and on NATS and PostgreSQL."""
     failing = [True]
-    with Receiver(lambda r: 503 if failing[0] else 200) as hook:
-        runtime = Runtime(parse_config(raw_config(hook.url)), tmp_path / "data")
-        app = create_app(runtime)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                              base_url="http://tessera.test") as client,
-        ):
-            await put_dead_letters(runtime.bus)
-            worker = runtime.worker()
-            activation = ActivationService.from_runtime(runtime, refresh_seconds=0.1,
-                                                         profile_wait_seconds=0.5)
-            tasks = [asyncio.create_task(worker.run(idle_timeout=0.05)),
-                     asyncio.create_task(activation.run())]
-            try:
-                out = Sections(client, runtime, hook, activation)
-                for key, event in [*EVENTS, *EXTRA_EVENTS]:
-                    await out.post(key, event)
+    async with _backend(request.param) as (bus_url, store_url):
+        with Receiver(lambda r: 503 if failing[0] else 200) as hook:
+            runtime = Runtime(parse_config(raw_config(hook.url)), tmp_path / "data",
+                              bus_url=bus_url, store_url=store_url)
+            app = create_app(runtime)
+            async with (
+                app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                  base_url="http://tessera.test") as client,
+            ):
+                await put_dead_letters(runtime.bus)
+                worker = runtime.worker()
+                activation = ActivationService.from_runtime(runtime, refresh_seconds=0.1,
+                                                             profile_wait_seconds=0.5)
+                tasks = [asyncio.create_task(worker.run(idle_timeout=0.05)),
+                         asyncio.create_task(activation.run())]
+                try:
+                    out = Sections(client, runtime, hook, activation)
+                    for key, event in [*EVENTS, *EXTRA_EVENTS]:
+                        await out.post(key, event)
 
-                async def settled() -> bool:
-                    stats = (await out.subscription(HOOK))["stats"]
-                    [welcome] = counts_in(runtime.config.journeys, runtime.data_dir)
-                    whole = welcome["steps"]["*"]
-                    return bool(stats["dead_lettered"] == HOOK_DEAD_LETTERS
-                                and whole["entered"] == 2 and whole["completed"] == 1
-                                and await activation.wait_idle(0.01))
+                    async def settled() -> bool:
+                        stats = (await out.subscription(HOOK))["stats"]
+                        [welcome] = counts_in(runtime.config.journeys, runtime.data_dir,
+                                              runtime.store_url)
+                        whole = welcome["steps"]["*"]
+                        return bool(stats["dead_lettered"] == HOOK_DEAD_LETTERS
+                                    and whole["entered"] == 2 and whole["completed"] == 1
+                                    and await activation.wait_idle(0.01))
 
-                await wait_until(settled, "the CRM deliveries to be dead-lettered")
-                failing[0] = False
-                queue_review_pair(runtime.data_dir, out.resolve("member_number:M-2002"),
-                                  out.resolve("user_id:u-bob"))
-                yield out
-            finally:
-                worker.stop()
-                activation.stop()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                activation.state.close()
+                    await wait_until(settled, "the CRM deliveries to be dead-lettered")
+                    failing[0] = False
+                    queue_review_pair(runtime.data_dir, out.resolve("member_number:M-2002"),
+                                      out.resolve("user_id:u-bob"))
+                    yield out
+                finally:
+                    worker.stop()
+                    activation.stop()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                    activation.state.close()

@@ -130,13 +130,14 @@ async def test_replay_the_dead_letters_of_a_subscription(sections: Sections) -> 
     assert replayed.status_code == 200
     assert f"{HOOK_DEAD_LETTERS} dead letter(s) queued for replay" in replayed.text
 
+    # at least once: the embedded bus may hand a replayed letter out again while its first
+    # delivery is still in flight
     async def delivered() -> bool:
         stats = (await sections.subscription(HOOK))["stats"]
-        return stats["delivered"] == CRM_EVENTS
+        return bool(stats["delivered"] >= CRM_EVENTS and {
+            r.json["id"] for r in sections.hook.ok()} == {"crm-1", "crm-2", "crm-3"})
 
     await wait_until(delivered, "the replayed CRM events to be delivered")
-    assert sorted(r.json["id"] for r in sections.hook.ok()) == sorted(
-        ["crm-1", "crm-2", "crm-3"])
     # the undecodable message fails again: it is the one dead letter left, and other
     # subscriptions' dead letters were not touched
     async def settled() -> bool:
