@@ -325,6 +325,19 @@ class StoreContract:
         assert [e.event_uid for e in store.timeline(a, 10)] == ["ev-a"]
         assert store.timeline(a, 10)[0].event == {"id": "ev-a", "type": "page"}
 
+    def test_lookup_of_a_whole_chunk(self, store: Store) -> None:
+        """Many identifiers at once (the bulk import's one query per chunk) find the same."""
+        owners = {("email", f"u{i}@x.io"): pid() for i in range(0, 1200, 2)}
+        with store.transaction() as tx:
+            for ident, p in owners.items():
+                tx.create_profile(p, 1.0)
+                tx.link(p, [ident], "e", 1.0, "web")
+        asked = [("email", f"u{i}@x.io") for i in range(1200)] + [("user_id", "u0@x.io")]
+        with store.transaction() as tx:
+            assert tx.lookup(asked) == owners
+            assert tx.lookup(asked[:3]) == {asked[0]: owners[asked[0]],
+                                             asked[2]: owners[asked[2]]}
+
     def test_timeline_uids_and_entries_by_uid(self, store: Store) -> None:
         a, b = pid(), pid()
         with store.transaction() as tx:

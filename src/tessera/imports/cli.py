@@ -68,6 +68,9 @@ def import_command(
                                       "append to the event log for the worker")] = "direct",
     log: Annotated[bool, typer.Option("--log/--no-log", help="direct mode: also append the "
                                       "events to the log, so a rebuild re-derives them")] = True,
+    bulk: Annotated[bool, typer.Option("--bulk/--no-bulk", help="direct mode: create new "
+                                       "people set-based (same result; --no-bulk applies "
+                                       "every row through the processor)")] = True,
     batch_size: Annotated[int, typer.Option(min=1, max=100_000)] = 5000,
     rejects: Annotated[Path | None, typer.Option(help="Where rejected rows go (JSONL; default "
                                                  "in the data directory)")] = None,
@@ -92,7 +95,7 @@ def import_command(
     runtime = _runtime(config, data_dir_)
     job = build_job(runtime, file, source, mapping, fmt=format_, mode=mode,
                     batch_size=batch_size, rejects_path=rejects, restart=restart,
-                    log_events=log)
+                    log_events=log, bulk=bulk)
 
     async def main() -> ImportSummary:
         await runtime.start()

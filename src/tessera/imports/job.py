@@ -10,7 +10,8 @@ Two ways to apply, chosen per import (``docs/batch.md`` has the measurements):
 
 ``direct`` (default)
     The events are appended to the event log (so ``replay --rebuild`` still
-    re-derives everything) and applied right away in large batches through
+    re-derives everything) and applied right away in large batches: rows that
+    can only create a new person set-based (:mod:`.bulk`), the others through
     :meth:`ProfileProcessor.apply`, the same code the worker runs. The worker
     later receives them from the log and skips them as already applied.
 ``bus``
@@ -35,6 +36,7 @@ from tessera.bus.base import Bus, Message
 from tessera.events import EVENTS_TOPIC
 from tessera.events.envelope import Event
 from tessera.identity.extract import IdentifierExtractor, get_path
+from tessera.imports.bulk import BulkApplier
 from tessera.imports.mapping import ImportMapping
 from tessera.imports.readers import Format, Position, ReaderError, Record, detect_format, read
 from tessera.processing.profiles import ProfileProcessor
@@ -122,6 +124,7 @@ class ImportJob:
         rejects_path: Path | None = None,
         restart: bool = False,
         log_events: bool = True,
+        bulk: bool = True,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
@@ -136,6 +139,8 @@ class ImportJob:
         self.mapping = mapping
         self.store = store
         self.processor = processor
+        self.bulk = BulkApplier(processor) if bulk else None
+        """New people set-based, the rest per event (:mod:`.bulk`); None: all per event."""
         self.extractor = extractor
         self.bus = bus
         self.mode: Mode = mode
@@ -381,7 +386,8 @@ class ImportJob:
                 summary.imported += new
                 summary.duplicates += len(batch) - new
                 return
-        result = await asyncio.to_thread(self.processor.apply, batch)
+        apply = self.bulk.apply if self.bulk is not None else self.processor.apply
+        result = await asyncio.to_thread(apply, batch)
         summary.imported += result.applied
         summary.duplicates += result.duplicates
         summary.profiles_created += result.profiles_created

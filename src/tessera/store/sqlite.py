@@ -136,6 +136,15 @@ class SQLiteTx(StoreTx):
     def lookup(self, identifiers: Sequence[Identifier]) -> dict[Identifier, str]:
         out: dict[Identifier, str] = {}
         execute = self.conn.execute
+        if len(identifiers) > 16:  # a chunk's identifiers: one primary-key join per 500
+            for chunk in _chunks(list(identifiers)):
+                rows = ",".join(["(?,?)"] * len(chunk))
+                for type_, value, pid in execute(
+                        f"WITH v(t, val) AS (VALUES {rows}) SELECT i.type, i.value, i.profile_id "
+                        f"FROM v CROSS JOIN identities i ON i.type = v.t AND i.value = v.val",
+                        [x for ident in chunk for x in ident]):
+                    out[(type_, value)] = pid
+            return out
         for ident in identifiers:
             row = execute(
                 "SELECT profile_id FROM identities WHERE type=? AND value=?", ident
