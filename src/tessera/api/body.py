@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import zlib
+from collections.abc import Iterable
 
 import orjson
 from starlette.requests import Request
@@ -116,23 +117,38 @@ def _invalid(reason: str) -> ApiError:
 
 
 def _check(value: object) -> int:
-    """Walks the document (without recursion); the number of object keys in it."""
-    keys = 0
-    stack: list[tuple[object, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            if depth > MAX_DEPTH:
-                raise _invalid(f"nested deeper than {MAX_DEPTH} levels")
-            keys += len(item)
-            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list)
-                         or type(v) in (int, float))
-        elif isinstance(item, list):
-            if depth > MAX_DEPTH:
-                raise _invalid(f"nested deeper than {MAX_DEPTH} levels")
-            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list)
-                         or type(v) in (int, float))
-        elif type(item) in (int, float) and abs(item) >= MAX_INTEGER:  # type: ignore[arg-type]
+    """Walks the document once; the number of object keys in it.
+
+    Recursive on purpose: a call per container and a ``type() is`` test per
+    value is several times cheaper than pushing every value on an explicit
+    stack (the walk was most of strict parsing's cost, see docs/benchmarks.md),
+    and the depth limit is checked on entry, so the recursion never goes past
+    ``MAX_DEPTH`` frames, far below Python's limit.
+    """
+    kind = type(value)
+    if kind is dict or kind is list:
+        return _walk(value, 1)  # type: ignore[arg-type]
+    if (kind is int or kind is float) and not -MAX_INTEGER < value < MAX_INTEGER:  # type: ignore[operator]
+        raise _invalid(f"a number too large (magnitude 2^63 or more): {value!r}")
+    return 0
+
+
+def _walk(container: dict[str, object] | list[object], depth: int) -> int:
+    if depth > MAX_DEPTH:
+        raise _invalid(f"nested deeper than {MAX_DEPTH} levels")
+    if type(container) is dict:
+        keys = len(container)
+        values: Iterable[object] = container.values()
+    else:
+        keys = 0
+        values = container
+    for item in values:
+        kind = type(item)
+        if kind is str:  # most values: one test and on
+            continue
+        if kind is dict or kind is list:
+            keys += _walk(item, depth + 1)  # type: ignore[arg-type]
+        elif (kind is int or kind is float) and not -MAX_INTEGER < item < MAX_INTEGER:  # type: ignore[operator]
             raise _invalid(f"a number too large (magnitude 2^63 or more): {item!r}")
     return keys
 
