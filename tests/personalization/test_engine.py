@@ -259,3 +259,18 @@ async def test_a_failing_event_is_retried_then_dead_lettered_and_holds_back_noth
         assert "cannot aggregate this one" in letters[0].error
         assert letters[0].attempts == h.service.max_attempts
         assert await h.runtime.bus.lag("events", "personalization") == 0
+
+
+async def test_the_entry_names_the_event_that_caused_it_not_a_later_one(
+        tmp_path: Path, make: Make) -> None:
+    async with make(CONFIG, tmp_path) as h:
+        await h.send(h.event(M1, "tow.completed"))
+        await h.process()
+        cause = h.event(M1, "tow.completed")
+        # the same batch goes on with other events of the member after the cause
+        await h.send(cause, h.event({**M1, "total": 5.0}, "booking.created"),
+                     h.event(M1, "page.viewed"))
+        await h.process()
+        entered = await h.derived("segment.entered")
+        assert [(e.data["segment"], e.data["caused_by"]["uid"]) for e in entered] == [
+            ("frequent_tows", cause.uid)]

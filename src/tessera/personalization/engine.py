@@ -93,6 +93,7 @@ class Personalizer:
         self.computed = ComputedTraits(config.all_computed())
         self.audiences = audience_order(config.audiences)
         self.rules = [compiled(a.rule) for a in self.audiences]
+        self._names = {a.name for a in self.audiences}
         self.consent = TraitConsent(config.consent_trait_prefix)
         self._outcomes = [(name, getattr(config.outcomes, name))
                           for name in ("presented", "accepted", "declined")]
@@ -150,30 +151,38 @@ class Personalizer:
             pids = sorted({p for _, p in todo})
             tx.lock(pids)
             states = tx.trait_states(pids)
-            changed: dict[str, set[str]] = {p: set() for p in pids}
-            offers: list[OfferRecord] = []
-            last: dict[str, Event] = {}
+            members = tx.memberships(pids)
+            by_pid: dict[str, list[Event]] = {p: [] for p in pids}
             for event, pid in todo:
-                last[pid] = event
-                for trait, value in self.computed.contributions(event):
-                    states[pid][trait.name] = trait.add(states[pid].get(trait.name), event.time,
-                                                        value, now)
-                    changed[pid].add(trait.name)
-                record = self.outcome_of(event, pid)
-                if record is not None:
-                    offers.append(record)
+                by_pid[pid].append(event)
+            offers: list[OfferRecord] = []
+            for pid in pids:
+                changed: set[str] = set()
+                known = profile_facts(self.store.get_profile(pid), pid) if self.audiences \
+                    else None
+                for index, event in enumerate(by_pid[pid]):
+                    contributed = False
+                    for trait, value in self.computed.contributions(event):
+                        states[pid][trait.name] = trait.add(states[pid].get(trait.name),
+                                                            event.time, value, now)
+                        changed.add(trait.name)
+                        contributed = True
+                    record = self.outcome_of(event, pid)
+                    if record is not None:
+                        offers.append(record)
+                    # after the profile's first event (its plain traits, as the profiles
+                    # processor left them) and after every event that moved a computed
+                    # trait: an entry or exit names the event that caused it
+                    if index == 0 or contributed:
+                        cause = Cause(event.uid, "event", event.type, event.received_at)
+                        self.evaluate(tx, pid, states[pid], members[pid], cause, now, result,
+                                      known)
+                self._save(tx, pid, states[pid], changed, now)
             if offers:
                 tx.add_offers(offers)
                 horizon = now - self.config.offer_history_days * 86400.0
                 for pid in {r.profile_id for r in offers}:
                     tx.forget_offers(pid, horizon)
-            for pid in pids:
-                self._save(tx, pid, states[pid], changed[pid], now)
-            members = tx.memberships(pids)
-            for pid in pids:
-                event = last[pid]
-                cause = Cause(event.uid, "event", event.type, event.received_at)
-                self.evaluate(tx, pid, states[pid], members[pid], cause, now, result)
             tx.mark_applied([e.uid for e, _ in todo], now)
             self.queue(tx, result)
         result.applied = len(todo)
@@ -194,7 +203,8 @@ class Personalizer:
     def evaluate(self, tx: StateTx, pid: str, states: TraitStates, current: dict[str, float],
                   cause: Cause, now: float, result: Outcome,
                   known: tuple[dict[str, Any], dict[str, list[str]]] | None = None) -> None:
-        """Evaluate every audience for one profile; enter and leave as the result says.
+        """Evaluate every audience for one profile; enter and leave as the result says
+        (``current``, the profile's memberships, follows).
 
         ``known`` is the profile's (trait values, identifiers) when the caller read them
         in bulk (batch evaluation); otherwise the profile is read from the store.
@@ -212,15 +222,17 @@ class Personalizer:
         for name in [a.name for a in self.audiences]:
             if name in wanted and name not in current:
                 tx.enter(name, pid, now)
+                current[name] = now
                 result.entered += 1
                 result.events.append(self.segment_event(ENTERED, name, pid, cause, now))
             elif name not in wanted and name in current:
                 tx.leave(name, pid)
                 result.exited += 1
                 result.events.append(self.segment_event(EXITED, name, pid, cause, now,
-                                                        since=current[name]))
-        for name in set(current) - {a.name for a in self.audiences}:
+                                                        since=current.pop(name)))
+        for name in set(current) - self._names:
             tx.leave(name, pid)  # an audience removed from the configuration
+            del current[name]
 
     @staticmethod
     def segment_event(kind: str, audience: str, pid: str, cause: Cause, now: float,
