@@ -240,3 +240,27 @@ def test_nonces_never_repeat_across_threads() -> None:
     with ThreadPoolExecutor(8) as pool:
         nonces = list(pool.map(lambda _: cipher._nonce(), range(20_000)))
     assert len(set(nonces)) == len(nonces) and all(len(n) == 12 for n in nonces)
+
+
+async def test_rotate_key_and_new_key_from_the_command_line(
+    api_with: Build, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import orjson
+
+    data = await _encrypted_installation(api_with, monkeypatch)
+    config_file = tmp_path / "tessera.yaml"
+    raw = yaml.safe_load(DEFAULT_CONFIG_FILE.read_text())
+    raw["privacy"] = {"encryption": {"enabled": True, "traits": ["name", "city"]}}
+    config_file.write_text(yaml.safe_dump(raw))
+    made = CliRunner().invoke(cli_app, ["privacy", "new-key", "k3"])
+    assert made.exit_code == 0
+    assert Keyring.parse(made.output.strip()).ids() == ["k3"]
+    where = ["--config", str(config_file), "--data-dir", str(data)]
+    result = CliRunner().invoke(cli_app, ["privacy", "rotate-key", *where],
+                                env={"TESSERA_PII_KEYS": f"{K2},{K1}"})
+    assert result.exit_code == 0, result.output
+    report = orjson.loads(result.stdout[result.stdout.index("{"):])
+    assert report["complete"] and report["retired"] == ["k1"] and report["traits"] >= 1
+    audit = CliRunner().invoke(cli_app, ["audit", "list", "--action", "privacy.rotate_key",
+                                         *where], env={"TESSERA_PII_KEYS": K2})
+    assert audit.exit_code == 0 and "privacy.rotate_key" in audit.output
