@@ -53,6 +53,7 @@ from rich.text import Text
 
 from tessera.config import default_config
 from tessera.demo import activation
+from tessera.demo import catalog as demo_catalog
 from tessera.demo.scenario import Ident, Message, Scenario, batches, build_scenario
 from tessera.identity.extract import IdentifierExtractor
 from tessera.store import open_store
@@ -213,6 +214,7 @@ def run_demo_result(
         receiver = activation.Receiver().start()
         data.mkdir(parents=True, exist_ok=True)
         server.config = activation.write_config(data, receiver.url)
+        demo_catalog.write_catalog(server.config)
         console.print(f"Starting [bold]tessera serve[/bold] on {result.url} (data in {data}; "
                       f"webhooks to the demo's receiver on {receiver.url}) ...")
         server.start()
@@ -404,6 +406,7 @@ def _serve_until_interrupted(console: Console, server: Server, result: DemoResul
         Panel(
             f"Tessera is still running at [bold]{result.url}[/bold] "
             f"(API docs: {result.url}/docs). Try the commands above.\n"
+            f"Console: [bold]{result.url}/console[/bold], admin key [bold]ak_admin_123[/bold].\n"
             "Press [bold]Ctrl+C[/bold] to stop it.",
             border_style="green",
         )
@@ -456,6 +459,13 @@ async def _exercise(
             result.exit_code = EXIT_CHECK_FAILED
         await _audit(client, server, read_key, scenario, result)
         await _showcase(client, read_key, scenario, result)
+        refused = await demo_catalog.send_malformed(client, write_keys["membership"])
+        if refused is None:
+            console.print("[red]The event catalog accepted a malformed membership renewal.[/red]")
+            result.exit_code = EXIT_CHECK_FAILED
+        else:
+            console.print("The event catalog refused a malformed membership renewal (400): "
+                          + "; ".join(refused) + ". The console's Catalog page shows it.")
     activation.check(scenario, receiver, delivered, IdentifierExtractor(default_config()))
     if delivered.problems:
         result.exit_code = EXIT_CHECK_FAILED
