@@ -274,3 +274,58 @@ async def test_the_entry_names_the_event_that_caused_it_not_a_later_one(
         entered = await h.derived("segment.entered")
         assert [(e.data["segment"], e.data["caused_by"]["uid"]) for e in entered] == [
             ("frequent_tows", cause.uid)]
+
+
+async def test_an_erased_person_leaves_every_audience_and_is_forgotten(
+        tmp_path: Path, make: Make) -> None:
+    from tessera.bus.base import Message
+    from tessera.events.envelope import Event
+
+    async with make(CONFIG, tmp_path) as h:
+        await h.send(h.event(M1, "tow.completed"), h.event(M1, "tow.completed"),
+                     h.event({**M1, "action": "upgrade"}, "offer.presented"),
+                     h.event({"member_number": "M-2"}, "tow.completed"))
+        await h.process()
+        pid, other = h.pid("member_number:M-1"), h.pid("member_number:M-2")
+        erased = Event(id="req-1:profile.erased", source="tessera/privacy",
+                       type="profile.erased", time=h.clock.now, received_at=h.clock.now,
+                       source_name="tessera", data={"profile_id": pid, "merged_profile_ids": []},
+                       identifiers=[("profile_id", pid)])
+        await h.runtime.bus.publish("derived", [Message(erased.uid, pid, erased.to_json())])
+        await h.process()
+        assert pid not in h.service.state.profile_ids()
+        assert h.service.state.offers_of(pid) == []
+        assert h.service.state.sizes() == {}
+        assert other in h.service.state.profile_ids()
+        exits = await h.derived("segment.exited")
+        assert [(e.data["profile_id"], e.data["segment"], e.data["reason"]) for e in exits] == [
+            (pid, "frequent_tows", "erased")]
+
+
+async def test_an_unmerge_recomputes_both_profiles_from_their_timelines(
+        tmp_path: Path, make: Make) -> None:
+    from tessera.bus.base import Message
+    from tessera.identity.unmerge import unmerged_event
+
+    async with make(CONFIG, tmp_path) as h:
+        jo = {"email": "jo@example.com"}
+        theirs = [h.event(jo, "tow.completed"), h.event(jo, "tow.completed")]
+        await h.send(h.event(M1, "tow.completed"), *theirs)
+        await h.process()
+        member, anonymous = h.pid("member_number:M-1"), h.pid("email:jo@example.com")
+        await h.send(h.event({**M1, **jo}, "profile.seen"))
+        await h.process()
+        assert h.reads.computed_of(member)["tows_12m"] == 3
+        with h.runtime.store.transaction() as tx:
+            try:
+                tx.split(member, anonymous, [("email", "jo@example.com")],
+                         [e.uid for e in theirs], h.clock.now)
+            except NotImplementedError:
+                pytest.skip("this store cannot split profiles")
+        event = unmerged_event(member, anonymous, h.clock.now)
+        await h.runtime.bus.publish("derived", [Message(event.uid, member, event.to_json())])
+        await h.process()
+        assert h.reads.computed_of(member)["tows_12m"] == 1
+        assert h.reads.computed_of(anonymous)["tows_12m"] == 2
+        assert [s["segment"] for s in h.reads.segments_of(anonymous)] == ["frequent_tows"]
+        assert h.reads.segments_of(member) == []

@@ -299,6 +299,57 @@ class Personalizer:
         result.applied = 1
         return result
 
+    # -- erasure and unmerges ----------------------------------------------------------
+
+    def erase(self, event: Event) -> Outcome:
+        """Apply ``profile.erased``: the person leaves every audience and is forgotten
+        (aggregates, window edge, memberships, offer history)."""
+        result = Outcome()
+        data = event.data if isinstance(event.data, dict) else {}
+        pids = [p for p in [data.get("profile_id"), *(data.get("merged_profile_ids") or [])]
+                if isinstance(p, str) and p]
+        if not pids:
+            return result
+        now = self.clock()
+        cause = Cause(event.uid, "erased", event.type, event.received_at)
+        with self.state.transaction() as tx:
+            if tx.applied([event.uid]):
+                result.skipped = 1
+                return result
+            tx.lock(pids)
+            for pid, members in tx.memberships(pids).items():
+                for audience, since in members.items():
+                    result.exited += 1
+                    result.events.append(self.segment_event(EXITED, audience, pid, cause, now,
+                                                            since=since))
+            tx.drop(pids)
+            tx.mark_applied([event.uid], now)
+            self.queue(tx, result)
+        result.applied = 1
+        return result
+
+    def unmerge(self, event: Event, timelines: Callable[[str], Sequence[Event]]) -> Outcome:
+        """Apply ``identity.unmerged``: the profiles' events were split between them, so each
+        one's aggregates and offer history are recomputed from its own timeline now."""
+        result = Outcome()
+        data = event.data if isinstance(event.data, dict) else {}
+        pids = [p for p in [data.get("profile_id"), *(data.get("split_profile_ids") or [])]
+                if isinstance(p, str) and p]
+        if not pids:
+            return result
+        with self.state.transaction() as tx:
+            if tx.applied([event.uid]):
+                result.skipped = 1
+                return result
+            tx.lock(pids)  # all of them, in sorted order, before any is read
+            for pid in pids:
+                self.rebuild_profile(tx, pid, timelines(pid), result,
+                                     Cause(event.uid, "unmerged", event.type, event.received_at))
+            tx.mark_applied([event.uid], self.clock())
+            self.queue(tx, result)
+        result.applied = 1
+        return result
+
     # -- window edges -----------------------------------------------------------------
 
     def expire(self, pids: Sequence[str]) -> Outcome:
@@ -324,7 +375,7 @@ class Personalizer:
     # -- rebuilds ----------------------------------------------------------------------
 
     def rebuild_profile(self, tx: StateTx, pid: str, events: Sequence[Event],
-                        result: Outcome) -> None:
+                        result: Outcome, cause: Cause | None = None) -> None:
         """Recompute one profile's aggregates and offers from its whole timeline."""
         now = self.clock()
         tx.lock([pid])
@@ -343,6 +394,6 @@ class Personalizer:
         self._save(tx, pid, states, set(states), now)
         for audience, since in current.items():
             tx.enter(audience, pid, since)  # kept: only real changes become events
-        self.evaluate(tx, pid, states, current, Cause(f"rebuild:{pid}:{now!r}", "rebuild"),
-                       now, result)
+        self.evaluate(tx, pid, states, current,
+                      cause or Cause(f"rebuild:{pid}:{now!r}", "rebuild"), now, result)
         tx.mark_applied([e.uid for e in events], now)

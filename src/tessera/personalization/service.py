@@ -2,7 +2,8 @@
 
 It runs inside ``tessera worker`` next to the profiles processor, as its own
 consumer group of the ``events`` topic (behaviour: computed traits, offer
-outcomes, audience changes) and of the ``derived`` topic (``identity.merged``),
+outcomes, audience changes) and of the ``derived`` topic (``identity.merged``,
+``identity.unmerged``, ``profile.erased``),
 so the profiles processor never waits for it. An event is handled once the
 profiles processor has applied it (its profile and traits are then known).
 Every ``tick`` seconds it looks for profiles whose window edge passed.
@@ -31,6 +32,7 @@ from tessera.events import DERIVED_TOPIC, EVENTS_TOPIC
 from tessera.events.envelope import Event
 from tessera.personalization.engine import Outcome, Personalizer
 from tessera.personalization.model import PersonalizationConfig
+from tessera.personalization.queries import timeline_events
 from tessera.personalization.state import State, open_state
 from tessera.processing.profiles import decode
 from tessera.processing.worker import describe, is_transient
@@ -41,6 +43,8 @@ log = structlog.get_logger("tessera.personalization")
 GROUP = "personalization"
 TOPICS = (EVENTS_TOPIC, DERIVED_TOPIC)
 MERGED = "identity.merged"
+UNMERGED = "identity.unmerged"
+ERASED = "profile.erased"
 
 
 @dataclass(slots=True)
@@ -175,7 +179,14 @@ class PersonalizationService:
             if event.type == MERGED:
                 outcome = self.engine.merge(event)
                 self.stats.merges += outcome.applied
-                self._count(outcome)
+            elif event.type == ERASED:
+                outcome = self.engine.erase(event)
+            elif event.type == UNMERGED:
+                outcome = self.engine.unmerge(
+                    event, lambda pid: timeline_events(self.store, pid))
+            else:
+                continue
+            self._count(outcome)
 
     async def _one_by_one(self, topic: str, deliveries: list[Delivery],
                           events: list[Event]) -> None:
