@@ -17,6 +17,7 @@ from starlette.responses import Response
 from tessera.api.auth import credentials, source_for
 from tessera.api.body import parse_json, read_body
 from tessera.api.errors import ApiError, json_response
+from tessera.api.models import CloudEventsAccepted, SegmentAccepted
 from tessera.bus.base import BusUnavailable, Message
 from tessera.catalog.gate import admit
 from tessera.events import EVENTS_TOPIC, cloudevents, segment
@@ -64,7 +65,8 @@ router = APIRouter(tags=["ingest"])
 
 
 @router.post(
-    "/v1/events", status_code=202, summary="Ingest CloudEvents (structured, binary, batch)"
+    "/v1/events", status_code=202, summary="Ingest CloudEvents (structured, binary, batch)",
+    response_model=CloudEventsAccepted,
 )
 async def ingest_cloudevents(request: Request) -> Response:
     runtime = runtime_of(request)
@@ -195,7 +197,7 @@ async def _segment(request: Request, call: str | None) -> Response:
     return json_response({"success": True, "accepted": stored, "duplicates": duplicates, **held})
 
 
-@router.post("/v1/batch", summary="Segment-spec batch")
+@router.post("/v1/batch", summary="Segment-spec batch", response_model=SegmentAccepted)
 async def segment_batch(request: Request) -> Response:
     return await _segment(request, None)
 
@@ -210,5 +212,6 @@ def _single(call: str) -> Any:
 
 for _call in segment.CALLS:
     router.add_api_route(
-        f"/v1/{_call}", _single(_call), methods=["POST"], summary=f"Segment-spec {_call}"
+        f"/v1/{_call}", _single(_call), methods=["POST"], summary=f"Segment-spec {_call}",
+        response_model=SegmentAccepted,
     )

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from tessera.api.auth import require_scope
 from tessera.api.errors import ApiError, json_response
+from tessera.api.models import EventsPage, ProfileIdentities, ProfileOut
 from tessera.events.envelope import iso_time
 from tessera.runtime import Runtime
 from tessera.store.base import Profile
@@ -94,7 +95,8 @@ async def _read(runtime: Runtime, fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.to_thread(fn, *args)
 
 
-@router.get("/v1/profiles/{identifier}", summary="A unified profile by any identifier")
+@router.get("/v1/profiles/{identifier}", summary="A unified profile by any identifier",
+            response_model=ProfileOut)
 async def get_profile(identifier: str, request: Request) -> Response:
     runtime = _runtime(request)
     require_scope(runtime, request, "profiles:read")
@@ -102,7 +104,8 @@ async def get_profile(identifier: str, request: Request) -> Response:
     return json_response(profile_json(profile))
 
 
-@router.get("/v1/profiles/{identifier}/identities", summary="A profile's identity links")
+@router.get("/v1/profiles/{identifier}/identities", summary="A profile's identity links",
+            response_model=ProfileIdentities)
 def get_identities(identifier: str, request: Request) -> Response:
     runtime = _runtime(request)
     require_scope(runtime, request, "profiles:read")
@@ -116,7 +119,8 @@ def get_identities(identifier: str, request: Request) -> Response:
     )
 
 
-@router.get("/v1/profiles/{identifier}/events", summary="A profile's timeline, newest first")
+@router.get("/v1/profiles/{identifier}/events", summary="A profile's timeline, newest first",
+            response_model=EventsPage)
 def get_events(
     identifier: str,
     request: Request,

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tessera.api.auth import require_scope
 from tessera.api.body import parse_json, read_body
 from tessera.api.errors import ApiError, json_response
+from tessera.api.models import AccessExport
 from tessera.events.errors import FieldError
 from tessera.privacy.access import export_person
 from tessera.privacy.cli import entry_dict
@@ -125,11 +126,8 @@ async def erasure(request: Request) -> Response:
 
 
 @router.post("/v1/privacy/access", summary="Export everything held about the person",
-             openapi_extra=_BODY,
-             responses={200: {"description": "The export (profile, identifiers, traits, "
-                              "consent, timeline, journeys)",
-                              "content": {"application/json": {"schema": {"type": "object"}}}},
-                        **_errors(400, 401, 403, 404, 413, 415, 429)})
+             response_model=AccessExport, openapi_extra=_BODY,
+             responses=_errors(400, 401, 403, 404, 413, 415, 429))
 async def access(request: Request) -> Response:
     runtime = _runtime(request)
     principal = require_scope(runtime, request, "admin")
