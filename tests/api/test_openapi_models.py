@@ -19,7 +19,14 @@ OPERATIONS = {
     ("get", "/v1/profiles/{identifier}/events"): ("200", "EventsPage"),
     ("post", "/v1/privacy/access"): ("200", "AccessExport"),
     ("post", "/v1/privacy/erasure"): ("200", "ErasureResult"),
+    ("post", "/v1/subscriptions"): ("201", "SubscriptionOut"),
+    ("get", "/v1/subscriptions"): ("200", "SubscriptionList"),
+    ("get", "/v1/subscriptions/{name}"): ("200", "SubscriptionOut"),
 }
+SUBSCRIPTION = {"name": "doc-sync", "filter": {"types": ["com.example.membership.*"]},
+                "shape": "fat", "purpose": "marketing_email",
+                "destination": {"type": "webhook", "url": "http://127.0.0.1:9/hook",
+                                "secret": "s3cret-value-long-enough"}}
 
 
 async def _doc(api: Api) -> dict[str, Any]:
@@ -70,6 +77,12 @@ async def test_real_answers_match_the_documented_bodies(api: Api) -> None:
             "/v1/track", headers=bearer("wk_web_123"),
             json={"userId": "u-doc", "event": "Doc Checked", "messageId": "doc-1"}),
     }
+    answers[("post", "/v1/subscriptions")] = await api.client.post(
+        "/v1/subscriptions", headers=ADMIN, json=SUBSCRIPTION)
+    answers[("get", "/v1/subscriptions")] = await api.client.get("/v1/subscriptions",
+                                                                 headers=ADMIN)
+    answers[("get", "/v1/subscriptions/{name}")] = await api.client.get(
+        "/v1/subscriptions/doc-sync", headers=ADMIN)
     answers[("post", "/v1/privacy/erasure")] = await api.client.post(
         "/v1/privacy/erasure", headers=ADMIN, json={"identifier": ident})
     for (method, path), response in answers.items():
@@ -80,3 +93,15 @@ async def test_real_answers_match_the_documented_bodies(api: Api) -> None:
     assert page["next_cursor"] is not None  # the nullable field, in its string form
     broken = {**answers[("get", "/v1/profiles/{identifier}")].json(), "event_count": "many"}
     assert list(_validator(doc, "get", "/v1/profiles/{identifier}").iter_errors(broken))
+
+
+async def test_a_subscription_body_is_parsed_strictly(api: Api) -> None:
+    twice = b'{"name": "a-sub", "name": "b-sub", "destination": {"type": "webhook", ' \
+            b'"url": "http://127.0.0.1:9/x"}}'
+    response = await api.client.post("/v1/subscriptions", content=twice,
+                                     headers={**ADMIN, "Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {"field": "(body)", "reason": "duplicate key 'name' in one object"}]
+    listed = (await api.client.get("/v1/subscriptions", headers=ADMIN)).json()
+    assert [s["name"] for s in listed["subscriptions"]] == []

@@ -13,7 +13,6 @@ import asyncio
 import time
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.responses import Response
@@ -29,11 +28,14 @@ from tessera.activation.service import (
 )
 from tessera.activation.state import ActivationState, SubscriptionExists, open_activation_state
 from tessera.api.auth import require_scope
+from tessera.api.body import parse_json, read_body
 from tessera.api.errors import ApiError, json_response
+from tessera.api.models import SubscriptionList, SubscriptionOut
 from tessera.events.errors import FieldError
 from tessera.runtime import Runtime
 
 router = APIRouter(tags=["activation"])
+MAX_SUBSCRIPTION_BYTES = 256 * 1024
 
 
 def activation_state(runtime: Runtime) -> ActivationState:
@@ -58,13 +60,12 @@ def _invalid(exc: ValidationError) -> ApiError:
     return ApiError(400, "invalid_subscription", "the subscription is invalid", errors)
 
 
-@router.post("/v1/subscriptions", status_code=201, summary="Create a subscription")
+@router.post("/v1/subscriptions", status_code=201, summary="Create a subscription",
+             response_model=SubscriptionOut)
 async def create_subscription(request: Request) -> Response:
     runtime = _runtime(request)
-    try:
-        body: Any = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"the body is not JSON: {exc}") from None
+    # strict JSON (duplicate keys, depth, huge numbers) and a size limit, as every body
+    body: Any = parse_json(await read_body(request, MAX_SUBSCRIPTION_BYTES))
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_subscription", "the body must be a JSON object")
     try:
@@ -95,7 +96,8 @@ async def create_subscription(request: Request) -> Response:
     return json_response(found[0], 201)
 
 
-@router.get("/v1/subscriptions", summary="Subscriptions with their delivery figures")
+@router.get("/v1/subscriptions", summary="Subscriptions with their delivery figures",
+            response_model=SubscriptionList)
 async def list_subscriptions(request: Request) -> Response:
     runtime = _runtime(request)
     subs = await overview(runtime.config, runtime.bus, activation_state(runtime))
@@ -109,7 +111,8 @@ async def _one(runtime: Runtime, name: str) -> dict[str, Any]:
     return found[0]
 
 
-@router.get("/v1/subscriptions/{name}", summary="One subscription")
+@router.get("/v1/subscriptions/{name}", summary="One subscription",
+            response_model=SubscriptionOut)
 async def get_subscription(name: str, request: Request) -> Response:
     return json_response(await _one(_runtime(request), name))
 
@@ -135,12 +138,14 @@ async def _set_paused(request: Request, name: str, paused: bool) -> Response:
     return json_response(await _one(runtime, name))
 
 
-@router.post("/v1/subscriptions/{name}/pause", summary="Stop delivering (events wait)")
+@router.post("/v1/subscriptions/{name}/pause", summary="Stop delivering (events wait)",
+             response_model=SubscriptionOut)
 async def pause_subscription(name: str, request: Request) -> Response:
     return await _set_paused(request, name, True)
 
 
-@router.post("/v1/subscriptions/{name}/resume", summary="Deliver again")
+@router.post("/v1/subscriptions/{name}/resume", summary="Deliver again",
+             response_model=SubscriptionOut)
 async def resume_subscription(name: str, request: Request) -> Response:
     return await _set_paused(request, name, False)
 

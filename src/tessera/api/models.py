@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Accepted(BaseModel):
@@ -119,3 +119,37 @@ class AccessExport(BaseModel):
     merged_profiles: list[ExportedMerge]
     timeline: list[ExportedEvent]
     journeys: list[ExportedJourney]
+
+
+class SubscriptionStats(BaseModel):
+    lag: int | None = Field(description="Events waiting; null before a worker started it")
+    in_flight: int
+    delivered: int
+    failed_attempts: int
+    dead_lettered: int
+    dead_letters_pending: int
+    filtered_out: int = Field(description="Events not delivered: filter, condition or consent")
+    last_error: str | None
+    last_error_at: float | None
+    last_success_at: float | None
+
+
+class SubscriptionOut(BaseModel):
+    """A subscription: its definition (secrets masked) and its delivery figures.
+
+    The definition's fields (``filter``, ``destination``, ``shape``, ``purpose`` ...)
+    are those of ``subscriptions`` in ``tessera.yaml``; see docs/activation.md.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    origin: str = Field(description="api, config or journey")
+    group: str
+    paused: bool
+    created_at: float | None
+    stats: SubscriptionStats
+
+
+class SubscriptionList(BaseModel):
+    subscriptions: list[SubscriptionOut]
