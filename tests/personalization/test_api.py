@@ -245,3 +245,32 @@ async def test_scopes_and_unknown_things(api: Client) -> None:
     assert missing.status_code == 404
     unknown = await api.http.get("/v1/segments/nope/members", headers=KEY)
     assert unknown.status_code == 404 and "frequent_tows" in unknown.json()["message"]
+
+
+async def test_answers_match_the_published_schemas(api: Client) -> None:
+    import jsonschema
+
+    await member(api, "M-900", consent=True, tows=2)
+    await api.process()
+    doc = (await api.http.get("/openapi.json")).json()
+
+    def check(method: str, path: str, body: Any) -> None:
+        schema = doc["paths"][path][method]["responses"]["200"]["content"][
+            "application/json"]["schema"]
+        jsonschema.validate(body, {**schema, "components": doc["components"]})
+
+    nba_path = "/v1/profiles/{identifier}/next-best-action"
+    names = [p["name"] for p in doc["paths"][nba_path]["get"]["parameters"]]
+    assert {"channel", "limit", "explain"} <= set(names)
+    check("get", nba_path, await api.nba("M-900", explain="true"))
+    check("get", "/v1/profiles/{identifier}/segments",
+          await api.get("/v1/profiles/member_number:M-900/segments"))
+    check("get", "/v1/segments", await api.get("/v1/segments"))
+    check("get", "/v1/segments/{name}", await api.get("/v1/segments/frequent_tows"))
+    check("get", "/v1/segments/{name}/members",
+          await api.get("/v1/segments/frequent_tows/members"))
+    preview = await api.http.post("/v1/segments/preview", headers=KEY,
+                                  json={"rule": {"consent": "marketing_email"}})
+    check("post", "/v1/segments/preview", preview.json())
+    with pytest.raises(jsonschema.ValidationError):  # the check can fail
+        check("get", "/v1/segments", {"segments": [{"name": "x"}]})

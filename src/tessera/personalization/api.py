@@ -24,6 +24,7 @@ from tessera.api.errors import ApiError, json_response
 from tessera.api.profiles import _resolve
 from tessera.events.envelope import iso_time
 from tessera.events.errors import FieldError
+from tessera.personalization import schemas
 from tessera.personalization.model import Rule
 from tessera.personalization.queries import Personalization
 from tessera.personalization.state import open_state
@@ -74,7 +75,8 @@ def _audience(runtime: Runtime, name: str) -> dict[str, Any]:
     raise ApiError(404, "not_found", f"no segment named {name!r} (configured: {known})")
 
 
-@router.get("/v1/profiles/{identifier}/segments", summary="The segments a profile is in")
+@router.get("/v1/profiles/{identifier}/segments", summary="The segments a profile is in",
+            responses={200: {"model": schemas.ProfileSegments}})
 async def profile_segments(identifier: str, request: Request) -> Response:
     runtime = _runtime(request, "segments:read")
     p = personalization(runtime)
@@ -113,8 +115,8 @@ def _decision_params(request: Request) -> tuple[str, int, bool]:
 
 @router.get("/v1/profiles/{identifier}/next-best-action",
             summary="The best actions for a profile on a channel, ranked, with reasons",
-            description="Query: `channel` (required, e.g. contact_center), `limit` (1 to 50, "
-                        "default 3), `explain` (also list the actions left out, and why).")
+            responses={200: {"model": schemas.NextBestAction}},
+            openapi_extra={"parameters": schemas.DECISION_PARAMETERS})
 async def next_best_action(identifier: str, request: Request) -> Response:
     runtime = _runtime(request, "decisions:read")
     channel, limit, explain = _decision_params(request)
@@ -136,7 +138,8 @@ async def next_best_action(identifier: str, request: Request) -> Response:
     return json_response(await _read(runtime, decide))
 
 
-@router.get("/v1/segments", summary="Audiences with their sizes")
+@router.get("/v1/segments", summary="Audiences with their sizes",
+            responses={200: {"model": schemas.SegmentList}})
 async def list_segments(request: Request) -> Response:
     runtime = _runtime(request, "segments:read")
     p = personalization(runtime)
@@ -149,7 +152,8 @@ async def list_segments(request: Request) -> Response:
     return json_response({"segments": out})
 
 
-@router.get("/v1/segments/{name}", summary="One audience with its size")
+@router.get("/v1/segments/{name}", summary="One audience with its size",
+            responses={200: {"model": schemas.SegmentOut}})
 async def get_segment(name: str, request: Request) -> Response:
     runtime = _runtime(request, "segments:read")
     body = _audience(runtime, name)
@@ -158,7 +162,8 @@ async def get_segment(name: str, request: Request) -> Response:
     return json_response(body)
 
 
-@router.get("/v1/segments/{name}/members", summary="An audience's members, paged")
+@router.get("/v1/segments/{name}/members", summary="An audience's members, paged",
+            responses={200: {"model": schemas.MembersPage}})
 async def segment_members(
     name: str,
     request: Request,
@@ -184,7 +189,8 @@ def _invalid(exc: ValidationError) -> ApiError:
 
 
 @router.post("/v1/segments/preview",
-             summary="How many existing profiles a rule would select, before saving it")
+             summary="How many existing profiles a rule would select, before saving it",
+             responses={200: {"model": schemas.PreviewOut}}, openapi_extra=schemas.PREVIEW_BODY)
 async def preview_segment(request: Request) -> Response:
     runtime = _runtime(request, "segments:read")
     raw = await request.body()
