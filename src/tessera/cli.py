@@ -366,6 +366,10 @@ def config_check(config: ConfigOpt = None) -> None:
     )
     console.print(f"  identifiers: {idents}")
     console.print(f"  trait rules: {len(cfg.traits.rules)}, mappings: {len(cfg.traits.mappings)}")
+    pz = cfg.personalization
+    if pz.enabled:
+        console.print(f"  personalization: {len(pz.computed_traits)} computed traits, "
+                      f"{len(pz.audiences)} audiences, {len(pz.actions)} actions")
 
 
 @app.command()

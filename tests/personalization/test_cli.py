@@ -56,3 +56,9 @@ async def test_show_list_members_evaluate_and_rebuild(tmp_path: Path) -> None:
     assert unknown.exit_code == 1
     missing = await run("traits", "show", "member_number:nobody")
     assert missing.exit_code == 1
+
+
+def test_config_check_counts_the_personalization_section() -> None:
+    result = CliRunner().invoke(cli_app, ["config", "check"])
+    assert result.exit_code == 0, result.output
+    assert "personalization: 7 computed traits, 5 audiences, 2 actions" in result.output
