@@ -69,6 +69,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 
 LEASE_SECONDS = 10.0
 IDLE_RECHECK_SECONDS = 0.25
+REPLAY_ACK_WAIT_SECONDS = 60.0
+"""A replayed dead letter handed out and neither acknowledged nor refused by then is
+handed out again (the consumer that had it is presumed gone)."""
 
 
 connect = sqlitefile.connect
@@ -87,6 +90,8 @@ class _Consumer:
         self.last_lease = 0.0
         self.idle_signature: tuple[int, ...] | None = None
         self.idle_since = 0.0
+        self.replaying: dict[int, float] = {}
+        """Replayed dead letters handed out and not yet acknowledged: id -> when."""
 
 
 class SQLiteBus(Bus):
@@ -290,12 +295,20 @@ class SQLiteBus(Bus):
                 consumer.cursor = self._committed(topic, group)
                 consumer.acked_max = consumer.cursor
             out: list[Delivery] = []
+            now = time.monotonic()
+            # a replay in flight is not handed out again (unless unanswered for long:
+            # its consumer went away without acknowledging)
+            out_since = now - REPLAY_ACK_WAIT_SECONDS
+            consumer.replaying = {i: t for i, t in consumer.replaying.items() if t > out_since}
             for row in conn.execute(
                 "SELECT id, topic, seq, msg_id, key, payload, attempts FROM dead_letters "
                 "WHERE grp=? AND topic=? AND replay_requested_at IS NOT NULL "
                 "AND replayed_at IS NULL ORDER BY id LIMIT ?",
-                (group, topic, max_messages),
+                (group, topic, max_messages + len(consumer.replaying)),
             ):
+                if row[0] in consumer.replaying or len(out) >= max_messages:
+                    continue
+                consumer.replaying[row[0]] = now
                 out.append(
                     Delivery(
                         topic=topic,
@@ -388,6 +401,7 @@ class SQLiteBus(Bus):
                     kind, ref = d.handle
                     if kind == "replay":
                         conn.execute("UPDATE dead_letters SET replayed_at=? WHERE id=?", (now, ref))
+                        self._consumer(d.topic, d.group).replaying.pop(ref, None)
                     else:
                         by_group.setdefault((d.topic, d.group), []).append(ref)
                 for (topic, group), seqs in by_group.items():
@@ -419,7 +433,9 @@ class SQLiteBus(Bus):
     async def nack(self, deliveries: Sequence[Delivery], delay: float) -> None:
         for d in deliveries:
             if d.handle[0] != "log":
-                continue  # a replayed dead letter stays requested until acked
+                # a replayed dead letter stays requested until acked: hand it out again
+                self._consumer(d.topic, d.group).replaying.pop(d.handle[1], None)
+                continue
             consumer = self._consumer(d.topic, d.group)
             if consumer.cursor is not None:
                 consumer.cursor = min(consumer.cursor, d.seq - 1)
@@ -436,6 +452,8 @@ class SQLiteBus(Bus):
                     "failed_at=?, replay_requested_at=NULL WHERE id=?",
                     (error, delivery.attempts, time.time(), delivery.handle[1]),
                 )
+                self._consumer(delivery.topic, delivery.group).replaying.pop(
+                    delivery.handle[1], None)
                 return
             conn.execute(
                 "INSERT INTO dead_letters (grp, topic, seq, msg_id, key, payload, error, "
