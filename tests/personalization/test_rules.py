@@ -125,3 +125,15 @@ def test_consent_is_the_privacy_question_only_true_counts() -> None:
     other = TraitConsent("optin_")
     assert other.granted({"optin_marketing_email": True}, "marketing_email")
     assert not other.granted({"consent.marketing_email": True}, "marketing_email")
+
+
+@pytest.mark.parametrize("path", ["traits.tier", "traits.missing", "nothing.here", "list.1",
+                                  "list.9", "traits.consent.email", "profile_id", "deep.a.b",
+                                  "traits"])
+def test_the_fast_path_lookup_answers_as_the_condition_language(path: str) -> None:
+    from tessera.activation.expr import get
+    from tessera.personalization.rules import _finder
+
+    ctx = {"traits": {"tier": "plus", "consent": {"email": True}}, "list": ["a", "b"],
+           "profile_id": "p1", "deep": {"a": {"b": 3}}}
+    assert _finder(path)(ctx) is get(ctx, path) or _finder(path)(ctx) == get(ctx, path)

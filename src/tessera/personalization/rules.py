@@ -17,7 +17,7 @@ from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
 # the condition language's own comparison and path walk, so operators mean the same here
-from tessera.activation.expr import _compare, get
+from tessera.activation.expr import _MISSING, _compare, get
 from tessera.personalization.model import AudienceConfig, Rule
 
 
@@ -78,10 +78,27 @@ def _compile(rule: Rule) -> Compiled:
     path = condition.path
     assert path is not None
     ops = condition.operators()
+    find = _finder(path)
     if len(ops) == 1:
         op, expected = ops[0]
-        return lambda f, c: _compare(op, get(c, path), expected)
-    return lambda f, c: all(_compare(op, get(c, path), exp) for op, exp in ops)
+        return lambda f, c: _compare(op, find(c), expected)
+    return lambda f, c: all(_compare(op, find(c), exp) for op, exp in ops)
+
+
+def _finder(path: str) -> Callable[[dict[str, Any]], Any]:
+    """``get(ctx, path)``, with the common two-part paths (``computed.x``, ``traits.y``)
+    as two dictionary lookups instead of a split and a loop."""
+    head, dot, rest = path.partition(".")
+    if dot and "." not in rest:
+
+        def two(ctx: dict[str, Any]) -> Any:
+            node = ctx.get(head, _MISSING)
+            if isinstance(node, dict):
+                return node.get(rest, _MISSING)
+            return get(ctx, path)  # a list index, or missing: the general walk decides
+
+        return two
+    return lambda ctx: get(ctx, path)
 
 
 def compiled(rule: Rule) -> Compiled:
