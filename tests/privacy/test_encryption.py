@@ -264,3 +264,65 @@ async def test_rotate_key_and_new_key_from_the_command_line(
     audit = CliRunner().invoke(cli_app, ["audit", "list", "--action", "privacy.rotate_key",
                                          *where], env={"TESSERA_PII_KEYS": K2})
     assert audit.exit_code == 0 and "privacy.rotate_key" in audit.output
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_rotation_over_each_store_backend(tmp_path: Path, backend: str) -> None:
+    """The rotation works on the store contract alone: the same on SQLite and PostgreSQL."""
+    import hashlib
+
+    import psycopg
+    from psycopg import sql
+
+    from tessera.privacy.records.sqlite import SQLiteRecords
+    from tessera.privacy.rotation import rotate
+    from tessera.store.base import Store, TimelineEntry, Trait
+    from tessera.store.encrypted import EncryptedStore
+    from tessera.store.postgres import PostgresStore
+    from tessera.store.sqlite import SQLiteStore
+    from tests.services import require_postgres
+
+    schema = "rot_" + hashlib.blake2b(str(tmp_path).encode(), digest_size=6).hexdigest()
+    url = require_postgres() if backend == "postgres" else ""
+
+    def open_inner() -> Store:
+        if backend == "postgres":
+            return PostgresStore(url, schema=schema)
+        return SQLiteStore(tmp_path / "store.db")
+
+    records = SQLiteRecords(tmp_path / "trust.db")
+    old = FieldCipher(Keyring.parse(K1), PiiTraits(CONFIG))
+    new = FieldCipher(Keyring.parse(f"{K2},{K1}"), PiiTraits(CONFIG))
+    try:
+        check_keys(records, old, "TESSERA_PII_KEYS")
+        store = EncryptedStore(open_inner(), old)
+        with store.transaction() as tx:
+            for n in range(3):
+                pid = f"prf_{n}"
+                tx.create_profile(pid, 1.0)
+                tx.put_traits(pid, {"name": Trait(f"Person {n}", "crm", 1.0),
+                                    "tier": Trait("gold", "crm", 1.0)})
+                tx.append_timeline(pid, [TimelineEntry(f"e{n}", "t", "crm", 1.0, 1.0,
+                                                       {"id": f"e{n}", "n": n})], 1.0)
+        store.close()
+        check_keys(records, new, "TESSERA_PII_KEYS")
+        rotated = EncryptedStore(open_inner(), new)
+        report = rotate(rotated, records)
+        assert report.complete and report.retired == ["k1"]
+        assert (report.traits, report.events) == (3, 3)  # tier is not personal: untouched
+        raw = rotated.inner
+        for n in range(3):
+            profile = raw.get_profile(f"prf_{n}")
+            assert profile is not None
+            assert profile.traits["name"].value.startswith("$tsenc1:k2:")
+            assert raw.timeline(f"prf_{n}", 5)[0].event["$tsenc1"].startswith("k2:")
+            clear = rotated.get_profile(f"prf_{n}")
+            assert clear is not None and clear.traits["name"].value == f"Person {n}"
+        assert rotate(rotated, records, restart=True).traits == 0  # nothing left to do
+        rotated.close()
+    finally:
+        records.close()
+        if backend == "postgres":
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                    sql.Identifier(schema)))
