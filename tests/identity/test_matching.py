@@ -206,6 +206,11 @@ async def test_splink_matching_on_a_febrl_sample(
     await import_rows(runtime, tmp_path, rows, {"rec_id": "rec_id"}, FEBRL, "febrl")
     report = await asyncio.to_thread(Matcher(CONFIG, runtime.store, review, SETTINGS).run)
     assert report.profiles == 600 and report.merged > 250
+    # the time of each step is reported (the scale benchmark prints them)
+    assert list(report.phases) == ["load", "prior", "u", "m", "predict", "plan", "merge",
+                                   "queue"]
+    assert 0 < sum(report.phases.values()) <= report.seconds
+    assert report.as_dict()["phases"].keys() == report.phases.keys()
     cluster = {r["rec_id"]: pid(runtime, f"rec_id:{r['rec_id']}") for r in rows}
     found = {tuple(sorted((x, y))) for x in cluster for y in cluster
              if x < y and cluster[x] == cluster[y]}

@@ -196,9 +196,13 @@ def make_db_api(backend: str = "duckdb") -> Any:
 
 
 def score_pairs(rows: Sequence[dict[str, Any]], settings: MatchSettings,
-                threshold: float | None = None, backend: str = "duckdb"
-                ) -> list[tuple[str, str, float]]:
-    """Candidate pairs ``(a, b, probability)`` at or above ``threshold`` (default: review)."""
+                threshold: float | None = None, backend: str = "duckdb",
+                phases: dict[str, float] | None = None) -> list[tuple[str, str, float]]:
+    """Candidate pairs ``(a, b, probability)`` at or above ``threshold`` (default: review).
+
+    ``phases`` receives the seconds of each step (prior, u, m, predict).
+    """
+    phases = {} if phases is None else phases
     if len(rows) < 2:
         return []
     import pandas as pd
@@ -212,14 +216,19 @@ def score_pairs(rows: Sequence[dict[str, Any]], settings: MatchSettings,
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
+        t = time.monotonic()
         linker.training.estimate_probability_two_random_records_match(
             [_rule(r) for r in settings.deterministic], recall=settings.recall)
+        phases["prior"], t = time.monotonic() - t, time.monotonic()
         linker.training.estimate_u_using_random_sampling(
             max_pairs=settings.u_max_pairs, seed=settings.seed)
+        phases["u"], t = time.monotonic() - t, time.monotonic()
         for rule in settings.training:
             linker.training.estimate_parameters_using_expectation_maximisation(_rule(rule))
+        phases["m"], t = time.monotonic() - t, time.monotonic()
         predictions = linker.inference.predict(threshold_match_probability=threshold)
         found = predictions.as_pandas_dataframe()
+        phases["predict"] = time.monotonic() - t
     finally:
         quiet.setLevel(level)
     left, right = f"{UNIQUE_ID}_l", f"{UNIQUE_ID}_r"
@@ -240,10 +249,15 @@ class MatchReport:
     skipped_limits: int = 0
     seconds: float = 0.0
     merges: list[tuple[str, str, float]] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds per step: load, prior, u, m, predict, plan, merge, queue."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("profiles", "candidates", "merged", "queued",
-                                              "skipped_decided", "skipped_limits", "seconds")}
+        out: dict[str, Any] = {k: getattr(self, k) for k in (
+            "profiles", "candidates", "merged", "queued", "skipped_decided", "skipped_limits",
+            "seconds")}
+        out["phases"] = {k: round(v, 3) for k, v in self.phases.items()}
+        return out
 
 
 def decision_uid(a: str, b: str) -> str:
@@ -284,8 +298,9 @@ class Matcher:
         started = time.monotonic()
         report = MatchReport()
         rows, identifiers = load_profiles(self.store, self.settings)
+        report.phases["load"] = time.monotonic() - started
         report.profiles = len(rows)
-        pairs = score_pairs(rows, self.settings, backend=backend)
+        pairs = score_pairs(rows, self.settings, backend=backend, phases=report.phases)
         report.candidates = len(pairs)
         rejected = self._current_rejections()
         auto: list[tuple[str, str, float]] = []
@@ -300,11 +315,15 @@ class Matcher:
         if dry_run:
             report.merged, report.queued = len(auto), len(review)
         else:
+            t = time.monotonic()
             ops, refused = self.plan(auto, identifiers)
+            report.phases["plan"], t = time.monotonic() - t, time.monotonic()
             report.skipped_limits = len(refused)
             report.merges = self.merge(ops, identifiers, by=by)
             report.merged = len(report.merges)
+            report.phases["merge"], t = time.monotonic() - t, time.monotonic()
             report.queued = self.review.queue(review + refused)
+            report.phases["queue"] = time.monotonic() - t
         report.seconds = time.monotonic() - started
         return report
 
