@@ -253,6 +253,17 @@ def parse_url(url: str, options: dict[str, Any]) -> tuple[str, Settings]:
 # --------------------------------------------------------------------------- helpers
 
 
+def create_schema(conn: psycopg.Connection[Any], schema: str) -> None:
+    """``CREATE SCHEMA IF NOT EXISTS``, safe when several processes and ports (each under
+    its own migration lock) run it at the same moment: PostgreSQL can then report the
+    schema as a duplicate, which means it exists, which is all that was asked."""
+    try:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateSchema):
+        if not conn.autocommit:
+            raise  # the transaction is aborted; the caller's retry starts afresh
+
+
 def _key(namespace: bytes, *parts: str) -> int:
     """A stable signed 64-bit advisory-lock key (the same in every process and release).
 
@@ -812,11 +823,7 @@ class PostgresStore(Store):
             key = _key(self._ns, "tessera.migrate")
             conn.execute("SELECT pg_advisory_lock(%s)", [key])
             try:
-                exists = conn.execute(
-                    "SELECT 1 FROM pg_namespace WHERE nspname = %s", [self.schema]
-                ).fetchone()
-                if not exists:
-                    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
+                create_schema(conn, self.schema)
                 conn.execute(
                     "CREATE TABLE IF NOT EXISTS schema_migrations ("
                     " version integer PRIMARY KEY,"

@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 
 from tessera.store.base import StoreUnavailable
-from tessera.store.postgres import _key
+from tessera.store.postgres import _key, create_schema
 
 log = logging.getLogger("tessera.activation.migrations")
 
@@ -43,7 +43,7 @@ def apply(conninfo: str, schema: str, table: str, steps: Sequence[Step]) -> list
         key = _key(schema.encode(), f"{table}.migrate")
         conn.execute("SELECT pg_advisory_lock(%s)", [key])
         try:
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            create_schema(conn, schema)
             history = sql.Identifier(schema, table)
             conn.execute(sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {} (version integer PRIMARY KEY, name text NOT NULL,"

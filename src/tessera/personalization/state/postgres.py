@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from tessera.personalization.state.base import OfferRecord, State, StateTx, TraitStates
 from tessera.store.base import OutboxMessage, StoreUnavailable
-from tessera.store.postgres import _configure, _key, parse_url
+from tessera.store.postgres import _configure, _key, create_schema, parse_url
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pz_traits (
@@ -186,7 +186,7 @@ class PostgresState(State):
             if not self._ready:
                 self._pool.open(wait=False)
                 with self._pool.connection() as conn:
-                    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                    create_schema(conn, self.schema)
                     conn.execute("SELECT pg_advisory_lock(%s)", [_key(self._ns, "pz.migrate")])
                     try:
                         conn.execute(SCHEMA.encode())

@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool
 
 from tessera.privacy.records.base import AuditEntry, DataKey, ManagedKey, TrustRecords
 from tessera.privacy.records.sqlite import KEY_COLUMNS, entry_from_row, key_from_row, key_to_row
-from tessera.store.postgres import parse_url
+from tessera.store.postgres import _key, create_schema, parse_url
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS trust_keys (
@@ -84,13 +84,21 @@ class PostgresRecords(TrustRecords):
             yield conn
 
     def migrate(self) -> None:
+        """Create the tables if needed. Processes start at once (an API and its workers):
+        a session advisory lock serializes them, since concurrent ``CREATE TABLE IF NOT
+        EXISTS`` of one table can fail on PostgreSQL's catalog."""
         with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                sql.Identifier(self.schema)))
-            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement.encode())
+            key = _key(self.schema.encode(), "trust.migrate")
+            conn.execute("SELECT pg_advisory_lock(%s)", [key])
+            try:
+                create_schema(conn, self.schema)
+                conn.execute(sql.SQL("SET search_path TO {}").format(
+                    sql.Identifier(self.schema)))
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement.encode())
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", [key])
         self._migrated = True
 
     def add_key(self, key: ManagedKey) -> None:
