@@ -117,7 +117,8 @@ class Runtime:
         """Erased identifiers: screens events at ingest (re-read at most twice a second)."""
         from tessera.privacy.suppression import Suppression
 
-        return Suppression(self.records, self.config.privacy.suppression, recheck_seconds=0.5)
+        return Suppression(self.records, self.config.privacy.suppression, recheck_seconds=0.5,
+                           fail_open=True)
 
     @functools.cached_property
     def _processor_suppression(self) -> Suppression:

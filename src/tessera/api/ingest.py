@@ -7,6 +7,7 @@ index, field and reason, so nothing is ever half-accepted or dropped silently.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -43,6 +44,8 @@ async def publish(runtime: Runtime, events: list[Event]) -> tuple[int, int]:
     Events carrying an erased identifier are screened out (or anonymized) first,
     per ``privacy.suppression``; dropped ones count as accepted: the sender did
     nothing wrong, and they must not resend them."""
+    if runtime.suppression.due():  # a read of the trust records: not on the event loop
+        await asyncio.to_thread(runtime.suppression.digests)
     screened = runtime.suppression.screen(events)
     dropped = len(events) - len(screened)
     try:

@@ -9,6 +9,11 @@ applies them (an event already on the bus, or accepted while the erasure ran).
 The policy (``privacy.suppression``) is to drop such events, or to keep them
 anonymized: the erased identifiers are removed from the event and every
 string of its data equal to one of them is replaced by ``[erased]``.
+
+Ingest must not depend on the store being up (only on the bus): when the list
+cannot be read there, it screens with the last list it read and says so in
+the log, and the processor, which reads the list for every batch and retries
+while it cannot, is the guarantee.
 """
 
 from __future__ import annotations
@@ -20,11 +25,15 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import structlog
+
 from tessera.events.envelope import Event
 from tessera.privacy.records.base import TrustRecords
 from tessera.store.base import Identifier
 
 ERASED = "[erased]"
+
+log = structlog.get_logger("tessera.privacy")
 
 
 def identifier_digest(type_: str, value: str) -> str:
@@ -49,25 +58,45 @@ class Suppression:
     """
 
     def __init__(self, records: TrustRecords, mode: str = "drop",
-                 recheck_seconds: float = 0.0) -> None:
+                 recheck_seconds: float = 0.0, fail_open: bool = False) -> None:
         self.records = records
         self.mode = mode
         self.recheck_seconds = recheck_seconds
+        self.fail_open = fail_open
+        """Screen with the last list read when the records cannot be read (ingest)."""
         self._version: int | None = None
         self._digests: frozenset[str] = frozenset()
         self._checked = 0.0
         self._lock = threading.Lock()
 
+    def due(self) -> bool:
+        """Whether the next :meth:`digests` reads the records (a caller on an event loop
+        then calls it in a thread)."""
+        return self._version is None or time.monotonic() - self._checked >= self.recheck_seconds
+
     def digests(self) -> frozenset[str]:
         now = time.monotonic()
         if self._version is not None and now - self._checked < self.recheck_seconds:
             return self._digests
-        with self._lock:
+        if self.fail_open:
+            if not self._lock.acquire(blocking=False):
+                return self._digests  # another request is reading it: don't queue up
+        else:
+            self._lock.acquire()
+        try:
             version = self.records.suppression_version()
             if version != self._version:
                 self._digests = frozenset(self.records.suppressed())
                 self._version = version
             self._checked = now
+        except Exception as exc:
+            if not self.fail_open:
+                raise
+            self._checked = now  # try again after recheck_seconds
+            log.warning("suppression.unreadable", error=f"{type(exc).__name__}: {exc}",
+                        using=f"the list as last read ({len(self._digests)} identifiers)")
+        finally:
+            self._lock.release()
         return self._digests
 
     def forget_cache(self) -> None:
