@@ -6,6 +6,8 @@ migrated schema of its own; every test here then runs unchanged against it.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,6 +94,32 @@ class StoreContract:
         with store.transaction() as tx:
             assert tx.applied(["a", "b", "c"]) == {"a", "b"}
         assert store.counts()["events_applied"] == 2
+
+    def test_applied_is_read_without_waiting_for_a_writer(self, store: Store) -> None:
+        """Other processors poll it while the profiles processor writes: a plain read of
+        what is committed, that neither waits for nor holds up an open transaction."""
+        with store.transaction() as tx:
+            tx.mark_applied(["ev-done"], 1.0)
+        writing, release = threading.Event(), threading.Event()
+
+        def writer() -> None:
+            with store.transaction() as tx:
+                tx.mark_applied(["ev-open"], 2.0)
+                writing.set()
+                release.wait(10)
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        try:
+            assert writing.wait(10)
+            started = time.monotonic()
+            assert store.applied(["ev-done", "ev-open", "ev-never"]) == {"ev-done"}
+            assert time.monotonic() - started < 1.0
+        finally:
+            release.set()
+            thread.join(10)
+        assert store.applied(["ev-done", "ev-open"]) == {"ev-done", "ev-open"}
+        assert store.applied([]) == set()
 
     def test_traits_put_replace_and_delete(self, store: Store) -> None:
         p = pid()

@@ -103,8 +103,7 @@ class Profiles:
             await asyncio.sleep(0.01)
 
     def _applied(self, uids: list[str]) -> set[str]:
-        with self.store.transaction() as tx:
-            return tx.applied(uids)
+        return self.store.applied(uids)  # a plain read: never holds up the processor
 
     def profile_id(self, event: Event) -> str | None:
         for type_, value in event.identifiers:

@@ -254,6 +254,14 @@ class Store(abc.ABC):
     def resolve(self, identifier: str) -> str | None:
         """Profile id for ``type:value`` or a profile id (following merges); None if unknown."""
 
+    def applied(self, event_uids: Sequence[str]) -> set[str]:
+        """Which of these events the profiles processor has applied (committed), read
+        without a write transaction: other processors poll it while they wait for the
+        profiles processor, and must never hold up its writes. This default opens a
+        transaction; backends override it with a plain read."""
+        with self.transaction() as tx:
+            return tx.applied(event_uids)
+
     @abc.abstractmethod
     def get_profile(self, profile_id: str) -> Profile | None: ...
 

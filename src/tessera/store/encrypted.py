@@ -187,6 +187,9 @@ class EncryptedStore(Store):
     def resolve(self, identifier: str) -> str | None:
         return self.inner.resolve(identifier)
 
+    def applied(self, event_uids: Sequence[str]) -> set[str]:
+        return self.inner.applied(event_uids)
+
     def get_profile(self, profile_id: str) -> Profile | None:
         profile = self.inner.get_profile(profile_id)
         if profile is not None:

@@ -946,6 +946,15 @@ class PostgresStore(Store):
 
     # -- reads
 
+    def applied(self, event_uids: Sequence[str]) -> set[str]:
+        if not event_uids:
+            return set()
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT event_uid FROM applied WHERE event_uid = ANY(%s)", [list(event_uids)]
+            ).fetchall()
+        return {str(r[0]) for r in rows}
+
     def resolve(self, identifier: str) -> str | None:
         type_, sep, value = identifier.partition(":")
         with self._connection() as conn:

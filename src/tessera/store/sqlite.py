@@ -368,6 +368,15 @@ class SQLiteStore(Store):
                 raise
             conn.execute("COMMIT")
 
+    def applied(self, event_uids: Sequence[str]) -> set[str]:
+        conn = self._conn()  # autocommit reads: a snapshot of what is committed, no lock
+        found: set[str] = set()
+        for chunk in _chunks(list(event_uids)):
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in conn.execute(
+                f"SELECT event_uid FROM applied WHERE event_uid IN ({marks})", chunk))
+        return found
+
     def resolve(self, identifier: str) -> str | None:
         conn = self._conn()
         type_, sep, value = identifier.partition(":")
