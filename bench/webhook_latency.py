@@ -79,10 +79,13 @@ class Receiver:
         return server
 
 
-def config_file(directory: Path, receiver: Receiver, shape: str) -> Path:
+def config_file(directory: Path, receiver: Receiver, shape: str,
+                personalization: bool = False) -> Path:
     from tessera.config import DEFAULT_CONFIG_FILE
 
     raw = yaml.safe_load(DEFAULT_CONFIG_FILE.read_text())
+    if not personalization:  # its own processor, not on the webhook's path: measured apart
+        raw.pop("personalization", None)
     raw["subscriptions"] = [{
         "name": "bench", "filter": {"types": ["com.example.crm.*"]}, "shape": shape,
         "destination": {"type": "webhook", "url": f"http://127.0.0.1:{receiver.port}/hook",
@@ -129,6 +132,9 @@ def main() -> int:
     parser.add_argument("--give-up", type=float, default=30.0)
     parser.add_argument("--json", help="write the result here")
     parser.add_argument("--keep", action="store_true", help="keep the data directory and logs")
+    parser.add_argument("--with-personalization", action="store_true",
+                        help="keep the demo's computed traits and audiences (a third processor "
+                             "competing for the same cores)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="tessera-webhook-bench-"))
@@ -136,7 +142,7 @@ def main() -> int:
     receiver = Receiver()
     server = receiver.start()
     try:
-        cfg = config_file(work, receiver, args.shape)
+        cfg = config_file(work, receiver, args.shape, args.with_personalization)
         with Tessera(["serve", "--config", str(cfg)], work / "data", free_port()).start() as t:
             time.sleep(1.0)  # the worker starts its subscription
             accepted = asyncio.run(drive(t.url, args.rate, args.seconds, args.batch,
@@ -157,7 +163,8 @@ def main() -> int:
     summary = latency_summary(latencies)
     missing = sum(1 for x in latencies if x == math.inf)
     print(f"webhook latency, accepted (2xx) -> received, shape {args.shape!r}, "
-          f"{args.rate:.0f} events/s for {args.seconds:.0f} s ({args.batch} per request)")
+          f"{args.rate:.0f} events/s for {args.seconds:.0f} s ({args.batch} per request), "
+          f"personalization {'on' if args.with_personalization else 'off'}")
     print(f"  {machine_line()}")
     print(f"  events counted {len(counted)} (after {args.warmup:.0f} s warm-up), "
           f"not received {missing}, webhook requests {receiver.requests}")

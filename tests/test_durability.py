@@ -148,3 +148,21 @@ def test_serve_never_leaves_its_workers_behind(tmp_path: Path, sig: str) -> None
         wait_for(lambda: not any(_alive(pid) for pid in workers), timeout=15)
     finally:
         server.stop()
+
+
+def test_a_processor_with_nothing_to_do_keeps_its_process(tmp_path: Path) -> None:
+    """No journeys, subscriptions or audiences configured: the activation and
+    personalization processes idle; their supervisor must not restart them over and over."""
+    config = tmp_path / "tessera.yaml"
+    config.write_text("sources:\n  - {name: crm, write_key: wk_crm_123}\n"
+                      "api_keys:\n  - {key: rk_read_123, scopes: ['profiles:read']}\n")
+    server = TesseraProcess(["serve", "--config", str(config)], tmp_path,
+                            port=free_port()).start()
+    try:
+        assert server.process is not None
+        pid = server.process.pid
+        wait_for(lambda: len(_children(pid)) == 3)
+        time.sleep(4.0)  # the supervisor looks every second
+        assert "restarting" not in server.log.read_text()
+    finally:
+        server.stop()

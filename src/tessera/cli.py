@@ -308,15 +308,19 @@ def worker_cmd(
             # computed traits, audiences, offer outcomes (idle when none are configured)
             running.append(PersonalizationService.from_runtime(runtime))
         loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
 
         def stop() -> None:  # one handler per signal: a second one would replace the first
+            stopping.set()
             for one in running:
                 one.stop()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop)
         try:
-            await asyncio.gather(*(one.run() for one in running))
+            # a processor with nothing configured returns at once; the process stays up
+            # until it is told to stop (else its supervisor restarts it over and over)
+            await asyncio.gather(*(one.run() for one in running), stopping.wait())
         finally:
             await runtime.close()
 
