@@ -115,10 +115,10 @@ class Runtime:
     @functools.cached_property
     def suppression(self) -> Suppression:
         """Erased identifiers: screens events at ingest (re-read at most twice a second)."""
-        from tessera.privacy.suppression import Suppression
+        from tessera.privacy.suppression import INGEST_RECHECK_SECONDS, Suppression
 
-        return Suppression(self.records, self.config.privacy.suppression, recheck_seconds=0.5,
-                           fail_open=True)
+        return Suppression(self.records, self.config.privacy.suppression,
+                           recheck_seconds=INGEST_RECHECK_SECONDS, fail_open=True)
 
     @functools.cached_property
     def _processor_suppression(self) -> Suppression:

@@ -31,7 +31,7 @@ from tessera.bus.base import Message
 from tessera.events import DERIVED_TOPIC, EVENTS_TOPIC
 from tessera.events.envelope import Event, iso_time
 from tessera.privacy.records.base import AuditEntry
-from tessera.privacy.suppression import identifier_digest
+from tessera.privacy.suppression import INGEST_RECHECK_SECONDS, identifier_digest
 from tessera.store.base import Identifier
 
 if TYPE_CHECKING:
@@ -145,8 +145,10 @@ async def erase_person(runtime: Runtime, identifier: Identifier, actor: str) -> 
         identifiers |= {(i.type, i.value) for i in profile.identities}
         pids = {profile.id} | {m.merged for m in profile.merged_from}
     # 1. nothing may bring them back from now on
+    suppressed_at = time.monotonic()
     await asyncio.to_thread(runtime.records.suppress,
                             sorted(identifier_digest(t, v) for t, v in identifiers), time.time())
+    runtime.suppression.forget_cache()  # this process's ingest: at once
     # 2. the warehouse and the journeys, while the profile still resolves (a retry works)
     if pids:
         report.warehouse_rows = await asyncio.to_thread(_erase_warehouse, runtime, sorted(pids))
@@ -176,7 +178,10 @@ async def erase_person(runtime: Runtime, identifier: Identifier, actor: str) -> 
                 sorted(identifier_digest(t, v) for t, v in erased.identifiers), time.time())
     report.identifiers = len(identifiers)
     report.profile_ids = sorted(pids)
-    # 4. the bus and its dead letters
+    # 4. the bus and its dead letters, once every API node's ingest has the new list
+    #    (an event accepted with an older one would land on the bus after this step)
+    await asyncio.sleep(max(0.0, suppressed_at + INGEST_RECHECK_SECONDS + 0.2
+                            - time.monotonic()))
     report.bus_messages = await runtime.bus.erase([EVENTS_TOPIC, DERIVED_TOPIC],
                                                   matcher(identifiers, pids, uids))
     # 5. tell subscribers, and remember that it was done (without the person)

@@ -32,6 +32,10 @@ from tessera.privacy.records.base import TrustRecords
 from tessera.store.base import Identifier
 
 ERASED = "[erased]"
+INGEST_RECHECK_SECONDS = 0.5
+"""How stale ingest's copy of the list may be; an erasure waits this long (and a
+little) after suppressing before it erases the bus, so no API node can still be
+accepting the person's events with an older list."""
 
 log = structlog.get_logger("tessera.privacy")
 
