@@ -10,14 +10,18 @@ advisory lock on a dedicated connection lets many processes start at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from tessera.store.base import StoreUnavailable
-from tessera.store.postgres import _key, create_schema
+from tessera.store.postgres import _configure, _key, create_schema, parse_url
 
 log = logging.getLogger("tessera.activation.migrations")
 
@@ -75,3 +79,55 @@ def applied(conninfo: str, schema: str, table: str) -> list[int]:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         return [r[0] for r in conn.execute(sql.SQL("SELECT version FROM {} ORDER BY version")
                                            .format(sql.Identifier(schema, table)))]
+
+
+class MigratedPool:
+    """A connection pool to the store's PostgreSQL that brings its port's tables up to
+    date before the first connection, shared by the activation and the journey state.
+
+    ``url`` is the store's URL (its ``schema`` and ``pool_timeout`` options apply).
+    The pool holds no connection until it is used (``min_size`` 0: an API process
+    that never touches this port holds none).
+    """
+
+    def __init__(self, url: str, *, history: str, steps: Sequence[Step], what: str,
+                 prefix: str, max_size: int = 4) -> None:
+        self.conninfo, settings = parse_url(url, {})
+        self.schema = settings.schema
+        self.timeout = settings.pool_timeout
+        self.history = history
+        self.steps = steps
+        self.what = what
+        self._lock = threading.Lock()
+        self._ready = False
+        self._closed = False
+        self._pool: ConnectionPool[Any] = ConnectionPool(
+            self.conninfo, kwargs={"autocommit": True}, min_size=0, max_size=max_size,
+            timeout=settings.pool_timeout, max_idle=60.0, configure=_configure,
+            name=f"tessera-{prefix}-{self.schema}", open=False)
+
+    def migrate(self) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"the {self.what} is closed")
+            apply(self.conninfo, self.schema, self.history, self.steps)
+            if not self._ready:
+                self._pool.open(wait=False)
+                self._ready = True
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        if not self._ready:
+            self.migrate()
+        try:
+            with self._pool.connection(timeout=self.timeout) as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise StoreUnavailable(f"{self.what}: no connection: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            if self._ready:
+                self._pool.close()
+            self._ready = False
+            self._closed = True

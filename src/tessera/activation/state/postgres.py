@@ -8,21 +8,17 @@ once: every change is one statement (``x = x + n``), so none is lost.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import orjson
 import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from tessera.activation.model import SubscriptionConfig
 from tessera.activation.state import migrations
 from tessera.activation.state.base import ActivationState, SubscriptionExists, SubscriptionState
-from tessera.store.base import StoreUnavailable
-from tessera.store.postgres import _configure, parse_url
 
 HISTORY = "act_migrations"
 
@@ -65,36 +61,16 @@ class PostgresActivationState(ActivationState):
     """``url`` is the store's URL (its ``schema`` and ``pool_timeout`` options apply)."""
 
     def __init__(self, url: str, pool_max_size: int = 4) -> None:
-        self.conninfo, settings = parse_url(url, {})
-        self.schema = settings.schema
-        self.timeout = settings.pool_timeout
-        self._lock = threading.Lock()
-        self._ready = False
-        self._closed = False
-        # min_size 0: an API process that never touches subscriptions holds no connection
-        self._pool = ConnectionPool(self.conninfo, kwargs={"autocommit": True}, min_size=0,
-                                    max_size=pool_max_size, timeout=settings.pool_timeout,
-                                    max_idle=60.0, configure=_configure,
-                                    name=f"tessera-act-{self.schema}", open=False)
+        self._db = migrations.MigratedPool(url, history=HISTORY, steps=MIGRATIONS,
+                                           what="activation state", prefix="act",
+                                           max_size=pool_max_size)
+        self.conninfo, self.schema = self._db.conninfo, self._db.schema
 
     def migrate(self) -> None:
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the activation state is closed")
-            migrations.apply(self.conninfo, self.schema, HISTORY, MIGRATIONS)
-            if not self._ready:
-                self._pool.open(wait=False)
-                self._ready = True
+        self._db.migrate()
 
-    @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
-        if not self._ready:
-            self.migrate()
-        try:
-            with self._pool.connection(timeout=self.timeout) as conn:
-                yield conn
-        except PoolTimeout as exc:
-            raise StoreUnavailable(f"activation state: no connection: {exc}") from exc
+    def _connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        return self._db.connection()
 
     def _rows(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._connection() as conn:
@@ -182,8 +158,4 @@ class PostgresActivationState(ActivationState):
              last_error_at, last_success_at, name])
 
     def close(self) -> None:
-        with self._lock:
-            if self._ready:
-                self._pool.close()
-            self._ready = False
-            self._closed = True
+        self._db.close()

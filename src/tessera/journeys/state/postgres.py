@@ -18,16 +18,14 @@ first one stops. How transactions of several engines stay apart:
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import orjson
 import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from tessera.activation.state import migrations
 from tessera.journeys.state.base import (
@@ -37,8 +35,7 @@ from tessera.journeys.state.base import (
     Outboxed,
     StepMetrics,
 )
-from tessera.store.base import StoreUnavailable
-from tessera.store.postgres import _configure, _key, parse_url
+from tessera.store.postgres import _key
 
 HISTORY = "jrn_migrations"
 
@@ -210,36 +207,17 @@ class PostgresJourneyState(JourneyState):
     """``url`` is the store's URL (its ``schema`` and ``pool_timeout`` options apply)."""
 
     def __init__(self, url: str, pool_max_size: int = 4) -> None:
-        self.conninfo, settings = parse_url(url, {})
-        self.schema = settings.schema
-        self.timeout = settings.pool_timeout
+        self._db = migrations.MigratedPool(url, history=HISTORY, steps=MIGRATIONS,
+                                           what="journey state", prefix="jrn",
+                                           max_size=pool_max_size)
+        self.conninfo, self.schema = self._db.conninfo, self._db.schema
         self._ns = self.schema.encode()
-        self._lock = threading.Lock()
-        self._ready = False
-        self._closed = False
-        self._pool = ConnectionPool(self.conninfo, kwargs={"autocommit": True}, min_size=0,
-                                    max_size=pool_max_size, timeout=settings.pool_timeout,
-                                    max_idle=60.0, configure=_configure,
-                                    name=f"tessera-jrn-{self.schema}", open=False)
 
     def migrate(self) -> None:
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the journey state is closed")
-            migrations.apply(self.conninfo, self.schema, HISTORY, MIGRATIONS)
-            if not self._ready:
-                self._pool.open(wait=False)
-                self._ready = True
+        self._db.migrate()
 
-    @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
-        if not self._ready:
-            self.migrate()
-        try:
-            with self._pool.connection(timeout=self.timeout) as conn:
-                yield conn
-        except PoolTimeout as exc:
-            raise StoreUnavailable(f"journey state: no connection: {exc}") from exc
+    def _connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        return self._db.connection()
 
     @contextmanager
     def transaction(self) -> Iterator[JourneyTx]:
@@ -302,8 +280,4 @@ class PostgresJourneyState(JourneyState):
         return removed + len(queued)
 
     def close(self) -> None:
-        with self._lock:
-            if self._ready:
-                self._pool.close()
-            self._ready = False
-            self._closed = True
+        self._db.close()
