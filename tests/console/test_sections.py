@@ -98,6 +98,12 @@ async def test_pause_and_resume_a_subscription(sections: Sections) -> None:
     assert "<html" not in paused.text
     assert _cell(paused.text, "state") == "paused" and ">Resume</button>" in paused.text
     assert (await sections.subscription(HOOK))["paused"] is True
+
+    async def taken() -> bool:  # the running processor reads pause flags every refresh
+        running = sections.activation.running.get(HOOK)
+        return running is not None and running.runner.paused
+
+    await wait_until(taken, "the running processor to take the pause")
     # the running processor stops delivering: a new CRM event waits
     await sections.post("wk_crm_123", {
         "id": "crm-paused", "source": "crm", "type": "com.example.crm.contact.updated",
