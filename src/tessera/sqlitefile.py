@@ -8,6 +8,7 @@ checkpoint of everybody else's writes.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -23,6 +24,40 @@ def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     conn.execute("PRAGMA wal_autocheckpoint=0")
     conn.execute("PRAGMA cache_size=-65536")
     return conn
+
+
+class SchemaFile:
+    """One SQLite file with its schema, opened on first use (WAL, ``busy_timeout``, the
+    same settings as every Tessera file) and shared by the threads of a process under
+    ``self._lock``. The base of the small state files beside the store (activation,
+    personalization)."""
+
+    def __init__(self, path: Path | str, schema: str, synchronous: str | None = None) -> None:
+        self.path = Path(path)
+        self.schema = schema
+        self.synchronous = synchronous or os.environ.get("TESSERA_SQLITE_SYNCHRONOUS", "FULL")
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            with self._lock:
+                if self._conn is None:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    conn = connect(self.path, self.synchronous)
+                    conn.execute("PRAGMA wal_autocheckpoint=1000")
+                    conn.executescript(self.schema)
+                    self._conn = conn
+        return self._conn
+
+    def migrate(self) -> None:
+        self.conn()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
 
 class Checkpointer:

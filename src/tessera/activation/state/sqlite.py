@@ -7,9 +7,6 @@ share the file. Journeys keep their state in the same file
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -55,36 +52,14 @@ def _row(row: tuple[Any, ...]) -> SubscriptionState:
                              *row[6:])
 
 
-class SQLiteActivationState(ActivationState):
+class SQLiteActivationState(sqlitefile.SchemaFile, ActivationState):
     def __init__(self, path: Path | str, synchronous: str | None = None) -> None:
-        self.path = Path(path)
-        self.synchronous = synchronous or os.environ.get("TESSERA_SQLITE_SYNCHRONOUS", "FULL")
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = None
+        sqlitefile.SchemaFile.__init__(self, path, SCHEMA, synchronous)
 
     @classmethod
     def in_dir(cls, data_dir: Path) -> SQLiteActivationState:
         return cls(Path(data_dir) / FILE_NAME)
 
-    def conn(self) -> sqlite3.Connection:
-        if self._conn is None:
-            with self._lock:
-                if self._conn is None:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    conn = sqlitefile.connect(self.path, self.synchronous)
-                    conn.execute("PRAGMA wal_autocheckpoint=1000")
-                    conn.executescript(SCHEMA)
-                    self._conn = conn
-        return self._conn
-
-    def migrate(self) -> None:
-        self.conn()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
 
     def _one(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         with self._lock:

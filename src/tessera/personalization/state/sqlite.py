@@ -7,9 +7,7 @@ it; the API reads it (profiles' segments, members, decisions).
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -187,32 +185,10 @@ class SQLiteStateTx(StateTx):
             "INSERT INTO pz_outbox (topic, msg_id, key, payload) VALUES (?, ?, ?, ?)", messages)
 
 
-class SQLiteState(State):
+class SQLiteState(sqlitefile.SchemaFile, State):
     def __init__(self, path: Path | str, synchronous: str | None = None) -> None:
-        self.path = Path(path)
-        self.synchronous = synchronous or os.environ.get("TESSERA_SQLITE_SYNCHRONOUS", "FULL")
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = None
+        sqlitefile.SchemaFile.__init__(self, path, SCHEMA, synchronous)
 
-    def conn(self) -> sqlite3.Connection:
-        if self._conn is None:
-            with self._lock:
-                if self._conn is None:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    conn = sqlitefile.connect(self.path, self.synchronous)
-                    conn.execute("PRAGMA wal_autocheckpoint=1000")
-                    conn.executescript(SCHEMA)
-                    self._conn = conn
-        return self._conn
-
-    def migrate(self) -> None:
-        self.conn()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
 
     @contextmanager
     def transaction(self) -> Iterator[StateTx]:
