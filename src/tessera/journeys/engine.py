@@ -55,12 +55,13 @@ from tessera.activation.expr import (
     render,
 )
 from tessera.activation.model import Filter, SubscriptionConfig
-from tessera.bus.base import Bus, BusUnavailable, Delivery, Message
+from tessera.bus.base import Bus, BusUnavailable, Delivery
 from tessera.events import DERIVED_TOPIC, EVENTS_TOPIC
 from tessera.events.envelope import Event
 from tessera.journeys.model import END, JourneyConfig, Step
 from tessera.journeys.state import Instance, JourneyState, JourneyTx
 from tessera.processing.profiles import decode
+from tessera.processing.worker import relay_outbox
 from tessera.store.base import Store, TimelineEntry
 
 log = structlog.get_logger("tessera.journeys")
@@ -461,15 +462,4 @@ class JourneyEngine:
     # -- outbox ---------------------------------------------------------------------
 
     async def relay(self) -> int:
-        total = 0
-        while True:
-            pending = await asyncio.to_thread(self.state.pending_outbox, 500)
-            if not pending:
-                return total
-            by_topic: dict[str, list[Message]] = {}
-            for m in pending:
-                by_topic.setdefault(m.topic, []).append(Message(m.msg_id, m.key, m.payload))
-            for topic, messages in by_topic.items():
-                await self.bus.publish(topic, messages)
-            await asyncio.to_thread(self.state.delete_outbox, [m.id for m in pending])
-            total += len(pending)
+        return await relay_outbox(self.state, self.bus, 500)

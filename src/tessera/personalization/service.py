@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from tessera.activation.delivery import Profiles
-from tessera.bus.base import Bus, BusUnavailable, Delivery, Message
+from tessera.bus.base import Bus, BusUnavailable, Delivery
 from tessera.events import DERIVED_TOPIC, EVENTS_TOPIC
 from tessera.events.envelope import Event
 from tessera.personalization.engine import Outcome, Personalizer
@@ -35,7 +35,7 @@ from tessera.personalization.model import PersonalizationConfig
 from tessera.personalization.queries import timeline_events
 from tessera.personalization.state import State, open_state
 from tessera.processing.profiles import decode
-from tessera.processing.worker import describe, is_transient
+from tessera.processing.worker import describe, is_transient, relay_outbox
 from tessera.store.base import Store
 
 log = structlog.get_logger("tessera.personalization")
@@ -236,16 +236,6 @@ class PersonalizationService:
         return outcome.applied
 
     async def relay(self) -> int:
-        total = 0
-        while True:
-            pending = await asyncio.to_thread(self.state.pending_outbox, 500)
-            if not pending:
-                return total
-            by_topic: dict[str, list[Message]] = {}
-            for m in pending:
-                by_topic.setdefault(m.topic, []).append(Message(m.message_id, m.key, m.payload))
-            for topic, messages in by_topic.items():
-                await self.bus.publish(topic, messages)
-            await asyncio.to_thread(self.state.delete_outbox, [m.id for m in pending])
-            total += len(pending)
-            self.stats.relayed += len(pending)
+        relayed = await relay_outbox(self.state, self.bus, 500)
+        self.stats.relayed += relayed
+        return relayed

@@ -19,6 +19,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import psycopg
 import psycopg_pool
@@ -59,8 +60,28 @@ def describe(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 
-async def relay_outbox(store: Store, bus: Bus, limit: int = 1000) -> int:
-    """Publish the store's pending derived events to the bus, then forget them."""
+class OutboxRow(Protocol):
+    id: int
+    topic: str
+    key: str
+    payload: bytes
+
+    @property
+    def message_id(self) -> str: ...
+
+
+class Outbox(Protocol):
+    """Anything with a transactional outbox: the store, the journey and the
+    personalization state."""
+
+    def pending_outbox(self, limit: int) -> Sequence[OutboxRow]: ...
+
+    def delete_outbox(self, ids: Sequence[int]) -> None: ...
+
+
+async def relay_outbox(store: Outbox, bus: Bus, limit: int = 1000) -> int:
+    """Publish an outbox's pending events to the bus, then forget them (at least once:
+    the bus drops a repeated message id)."""
     total = 0
     while True:
         pending = await asyncio.to_thread(store.pending_outbox, limit)

@@ -52,6 +52,10 @@ class Outboxed:
     key: str
     payload: bytes
 
+    @property
+    def message_id(self) -> str:
+        return self.msg_id
+
 
 @dataclass(slots=True)
 class StepMetrics:
