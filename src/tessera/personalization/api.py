@@ -1,7 +1,8 @@
 """The personalization API: a profile's segments and next best action, audiences, previews.
 
 Scopes: ``segments:read`` for audiences and a profile's segments,
-``decisions:read`` for next best actions (``admin`` has every scope). Reads
+``decisions:read`` for next best actions, ``admin`` to save and delete
+audiences (``POST|DELETE /v1/audiences``; ``admin`` has every scope). Reads
 go to the profile store and the personalization state directly; with the
 embedded files they run inline (well under a millisecond each), over a
 network in a thread, as the profile API does.
@@ -20,11 +21,12 @@ from starlette.responses import Response
 
 from tessera.activation.model import Model
 from tessera.api.auth import require_scope
+from tessera.api.body import parse_json, read_body
 from tessera.api.errors import ApiError, json_response
 from tessera.api.profiles import _resolve
 from tessera.events.envelope import iso_time
 from tessera.events.errors import FieldError
-from tessera.personalization import schemas
+from tessera.personalization import audiences, schemas
 from tessera.personalization.model import Rule
 from tessera.personalization.queries import Personalization
 from tessera.personalization.state import open_state
@@ -67,12 +69,13 @@ def _runtime(request: Request, scope: str) -> Runtime:
     return runtime
 
 
-def _audience(runtime: Runtime, name: str) -> dict[str, Any]:
-    for audience in runtime.config.personalization.audiences:
-        if audience.name == name:
-            return audience.model_dump(mode="json", by_alias=True, exclude_none=True)
-    known = ", ".join(a.name for a in runtime.config.personalization.audiences) or "none"
-    raise ApiError(404, "not_found", f"no segment named {name!r} (configured: {known})")
+def _audience(runtime: Runtime, name: str, what: str = "segment") -> dict[str, Any]:
+    p = personalization(runtime)
+    found = p.audience(name)
+    if found is None:
+        known = ", ".join(p.audience_names) or "none"
+        raise ApiError(404, "not_found", f"no {what} named {name!r} (known: {known})")
+    return found.as_dict()
 
 
 @router.get("/v1/profiles/{identifier}/segments", summary="The segments a profile is in",
@@ -142,21 +145,25 @@ async def next_best_action(identifier: str, request: Request) -> Response:
             responses={200: {"model": schemas.SegmentList}})
 async def list_segments(request: Request) -> Response:
     runtime = _runtime(request, "segments:read")
+    return json_response({"segments": await _catalog(runtime)})
+
+
+async def _catalog(runtime: Runtime) -> list[dict[str, Any]]:
+    """Every audience, configured and saved, with its origin and size."""
     p = personalization(runtime)
-    sizes = await _read(runtime, p.sizes)
-    out = []
-    for audience in runtime.config.personalization.audiences:
-        body = audience.model_dump(mode="json", by_alias=True, exclude_none=True)
-        body["size"] = sizes.get(audience.name, 0)
-        out.append(body)
-    return json_response({"segments": out})
+
+    def read() -> list[dict[str, Any]]:
+        sizes = p.sizes()
+        return [c.as_dict() | {"size": sizes.get(c.audience.name, 0)} for c in p.catalog()]
+
+    return await _read(runtime, read)
 
 
 @router.get("/v1/segments/{name}", summary="One audience with its size",
             responses={200: {"model": schemas.SegmentOut}})
 async def get_segment(name: str, request: Request) -> Response:
     runtime = _runtime(request, "segments:read")
-    body = _audience(runtime, name)
+    body = await _read(runtime, _audience, runtime, name)
     sizes = await _read(runtime, personalization(runtime).sizes)
     body["size"] = sizes.get(name, 0)
     return json_response(body)
@@ -171,7 +178,7 @@ async def segment_members(
     cursor: str | None = Query(None, description="next_cursor of the previous page"),
 ) -> Response:
     runtime = _runtime(request, "segments:read")
-    _audience(runtime, name)
+    await _read(runtime, _audience, runtime, name)
     rows = await _read(runtime, personalization(runtime).members, name, cursor, limit + 1)
     page = rows[:limit]
     return json_response({
@@ -207,7 +214,8 @@ async def preview_segment(request: Request) -> Response:
         req = PreviewRequest.model_validate(body)
     except ValidationError as exc:
         raise _invalid(exc) from None
-    known = {a.name for a in runtime.config.personalization.audiences}
+    p = personalization(runtime)
+    known = set(await _read(runtime, lambda: p.audience_names))
     unknown = sorted(req.rule.audiences() - known)
     if unknown:
         raise ApiError(400, "invalid_rule", "the rule refers to unknown audiences",
@@ -218,6 +226,75 @@ async def preview_segment(request: Request) -> Response:
         if head == "computed" and rest not in computed:
             raise ApiError(400, "invalid_rule", "the rule refers to an unknown computed trait",
                            [FieldError("rule", f"no computed trait named {rest!r}")])
-    p = personalization(runtime)
     result = await asyncio.to_thread(p.preview, req.rule, req.sample, req.examples)
     return json_response(result.as_dict())
+
+
+# -- saved audiences: /v1/audiences --------------------------------------------------------
+
+
+def _writable(runtime: Runtime) -> None:
+    if not runtime.config.personalization.enabled:
+        raise ApiError(409, "conflict", "personalization is off in this installation: the "
+                       "configuration declares no computed trait, audience or action, so no "
+                       "personalization processor would evaluate a saved audience; declare "
+                       "one under personalization and restart the workers")
+
+
+@router.post("/v1/audiences", status_code=201,
+             summary="Save an audience (create, or replace one saved before)",
+             responses={200: {"model": schemas.AudienceOut, "description": "Replaced"},
+                        201: {"model": schemas.AudienceOut, "description": "Created"}},
+             openapi_extra=schemas.AUDIENCE_BODY)
+async def save_audience(request: Request) -> Response:
+    runtime = _runtime(request, "admin")
+    _writable(runtime)
+    body: Any = parse_json(await read_body(request, BODY_LIMIT))
+    p = personalization(runtime)
+    try:
+        saved, created = await asyncio.to_thread(
+            audiences.save, runtime.config.personalization, p.state, body)
+    except audiences.AudienceRejected as exc:
+        raise ApiError(400, "invalid_audience", exc.message, exc.errors) from None
+    except audiences.AudienceConflict as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    finally:
+        p.forget_saved()
+    sizes = await _read(runtime, p.sizes)
+    return json_response(saved.as_dict() | {"size": sizes.get(saved.audience.name, 0)},
+                         201 if created else 200)
+
+
+@router.get("/v1/audiences", summary="Every audience, configured and saved, with its origin",
+            responses={200: {"model": schemas.AudienceList}})
+async def list_audiences(request: Request) -> Response:
+    runtime = _runtime(request, "segments:read")
+    return json_response({"audiences": await _catalog(runtime)})
+
+
+@router.get("/v1/audiences/{name}", summary="One audience with its origin and size",
+            responses={200: {"model": schemas.AudienceOut}})
+async def get_audience(name: str, request: Request) -> Response:
+    runtime = _runtime(request, "segments:read")
+    body = await _read(runtime, _audience, runtime, name, "audience")
+    sizes = await _read(runtime, personalization(runtime).sizes)
+    body["size"] = sizes.get(name, 0)
+    return json_response(body)
+
+
+@router.delete("/v1/audiences/{name}", status_code=204,
+               summary="Delete a saved audience (its members exit, reason deleted)")
+async def delete_audience(name: str, request: Request) -> Response:
+    runtime = _runtime(request, "admin")
+    p = personalization(runtime)
+    try:
+        await asyncio.to_thread(audiences.delete, runtime.config.personalization, p.state, name)
+    except audiences.AudienceConflict as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    except audiences.AudienceNotFound:
+        known = ", ".join(p.audience_names) or "none"
+        raise ApiError(404, "not_found", f"no audience named {name!r} (known: {known})"
+                       ) from None
+    finally:
+        p.forget_saved()
+    return Response(status_code=204)

@@ -33,6 +33,7 @@ DataDirOpt = Annotated[Path | None, typer.Option(
 def _with_engine(config: Path | None, data: Path | None, job: Any) -> Any:
     """Run ``job(runtime, personalizer)`` with the state open, relaying its outbox after."""
     from tessera.cli import _runtime
+    from tessera.personalization.audiences import usable
     from tessera.personalization.engine import Personalizer
     from tessera.personalization.service import PersonalizationService
     from tessera.personalization.state import open_state
@@ -45,6 +46,8 @@ def _with_engine(config: Path | None, data: Path | None, job: Any) -> Any:
         try:
             await asyncio.to_thread(state.migrate)
             engine = Personalizer(runtime.config.personalization, runtime.store, state)
+            saved = await asyncio.to_thread(state.saved_audiences)
+            engine.set_audiences(usable(runtime.config.personalization, saved))
             result = await asyncio.to_thread(job, runtime, engine)
             service = PersonalizationService(runtime.config.personalization, runtime.bus,
                                              runtime.store, state)

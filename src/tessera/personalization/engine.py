@@ -31,8 +31,14 @@ from tessera.events import DERIVED_TOPIC
 from tessera.events.envelope import Event, iso_time
 from tessera.personalization.computed import ComputedTraits, TraitState
 from tessera.personalization.consent import TraitConsent
-from tessera.personalization.model import PersonalizationConfig
-from tessera.personalization.rules import Facts, audience_order, compiled, memberships
+from tessera.personalization.model import AudienceConfig, PersonalizationConfig
+from tessera.personalization.rules import (
+    Compiled,
+    Facts,
+    audience_order,
+    compiled,
+    memberships,
+)
 from tessera.personalization.state.base import OfferRecord, State, StateTx, TraitStates
 from tessera.store.base import Profile, Store
 
@@ -47,7 +53,8 @@ class Cause:
 
     uid: str
     reason: str
-    """``event``, ``merged``, ``window`` or ``rebuild``."""
+    """``event``, ``merged``, ``unmerged``, ``erased``, ``window``, ``batch``, ``rebuild``,
+    ``saved`` (a saved audience filled in) or ``deleted`` (its audience was deleted)."""
     type: str | None = None
     received_at: float | None = None
 
@@ -91,12 +98,24 @@ class Personalizer:
         self.state = state
         self.clock = clock
         self.computed = ComputedTraits(config.all_computed())
-        self.audiences = audience_order(config.audiences)
-        self.rules = [compiled(a.rule) for a in self.audiences]
-        self._names = {a.name for a in self.audiences}
+        self.audiences: list[AudienceConfig] = []
+        self.rules: list[Compiled] = []
+        self._names: set[str] = set()
+        self.set_audiences(config.audiences)
         self.consent = TraitConsent(config.consent_trait_prefix)
         self._outcomes = [(name, getattr(config.outcomes, name))
                           for name in ("presented", "accepted", "declined")]
+
+    def set_audiences(self, audiences: Sequence[AudienceConfig]) -> None:
+        """Evaluate these audiences from now on: the configured ones and the saved ones
+        (:func:`tessera.personalization.audiences.usable`), which change while it runs."""
+        self.audiences = audience_order(audiences)
+        self.rules = [compiled(a.rule) for a in self.audiences]
+        self._names = {a.name for a in self.audiences}
+
+    @property
+    def audience_names(self) -> set[str]:
+        return set(self._names)
 
     # -- facts --------------------------------------------------------------------
 
@@ -202,12 +221,17 @@ class Personalizer:
 
     def evaluate(self, tx: StateTx, pid: str, states: TraitStates, current: dict[str, float],
                   cause: Cause, now: float, result: Outcome,
-                  known: tuple[dict[str, Any], dict[str, list[str]]] | None = None) -> None:
+                  known: tuple[dict[str, Any], dict[str, list[str]]] | None = None,
+                  only: set[str] | None = None) -> None:
         """Evaluate every audience for one profile; enter and leave as the result says
         (``current``, the profile's memberships, follows).
 
         ``known`` is the profile's (trait values, identifiers) when the caller read them
         in bulk (batch evaluation); otherwise the profile is read from the store.
+        ``only`` limits the changes to these audiences (a saved audience being filled in
+        and those that refer to it). Memberships of audiences this engine does not know
+        are left alone: one saved a moment ago on another worker is not undone here, and
+        one deleted makes its members exit through the processor (reason ``deleted``).
         """
         if not self.audiences:
             return
@@ -220,6 +244,8 @@ class Personalizer:
                           consent=self.consent.for_profile(traits))
         wanted = memberships(self.audiences, facts, self.rules)
         for name in [a.name for a in self.audiences]:
+            if only is not None and name not in only:
+                continue
             if name in wanted and name not in current:
                 tx.enter(name, pid, now)
                 current[name] = now
@@ -230,9 +256,6 @@ class Personalizer:
                 result.exited += 1
                 result.events.append(self.segment_event(EXITED, name, pid, cause, now,
                                                         since=current.pop(name)))
-        for name in set(current) - self._names:
-            tx.leave(name, pid)  # an audience removed from the configuration
-            del current[name]
 
     @staticmethod
     def segment_event(kind: str, audience: str, pid: str, cause: Cause, now: float,

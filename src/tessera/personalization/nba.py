@@ -134,7 +134,7 @@ class DecisionEngine:
         for action in self.actions:
             reasons: list[str] = []
             rejection = (self._eligible(action, facts, ctx, channel, now, reasons)
-                         or self._within_caps(action, offers, channel, now, reasons))
+                         or self.within_caps(action, offers, channel, now, reasons))
             if rejection is not None:
                 rejected.append(Rejection(action.name, *rejection))
                 continue
@@ -170,8 +170,10 @@ class DecisionEngine:
 
     # -- stage 2: caps ----------------------------------------------------------------------
 
-    def _within_caps(self, action: ActionConfig, offers: Sequence[OfferRecord], channel: str,
-                     now: float, reasons: list[str]) -> tuple[str, str] | None:
+    def within_caps(self, action: ActionConfig, offers: Sequence[OfferRecord], channel: str,
+                    now: float, reasons: list[str]) -> tuple[str, str] | None:
+        """None if the offer history leaves the action available on the channel (the caps
+        it is within go to ``reasons``); else (stage, reason): ``suppressed`` or ``cap``."""
         mine = self._offers_of(action, offers)
         for outcome in action.suppress_after:
             done = [o for o in mine if o.outcome == outcome]

@@ -9,22 +9,25 @@ the window timer has not run yet.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tessera.events.envelope import Event, iso_time
+from tessera.personalization.audiences import Catalogued, catalog
 from tessera.personalization.computed import ComputedTraits
 from tessera.personalization.consent import TraitConsent
 from tessera.personalization.engine import profile_facts
 from tessera.personalization.model import PersonalizationConfig, Rule
 from tessera.personalization.nba import Decision, DecisionEngine
 from tessera.personalization.rules import Facts, evaluate
-from tessera.personalization.state import State
+from tessera.personalization.state import OfferRecord, State
 from tessera.store.base import Store, TimelineEntry
 
 TIMELINE_PAGE = 500
+SAVED_TTL = 1.0
+"""Seconds an API process trusts its copy of the saved audiences (others may save some)."""
 
 
 def event_of(entry: TimelineEntry) -> Event:
@@ -78,12 +81,35 @@ class Personalization:
         self.computed = ComputedTraits(config.all_computed())
         self.consent = TraitConsent(config.consent_trait_prefix)
         self.decisions = decisions or DecisionEngine(config)
-        self.audience_names = [a.name for a in config.audiences]
+        self._catalog: list[Catalogued] | None = None
+        self._catalog_at = 0.0
 
     @classmethod
     def load(cls, config: PersonalizationConfig, store: Store, state: State,
              base: Path | None = None) -> Personalization:
         return cls(config, store, state, DecisionEngine.load(config, base))
+
+    # -- audiences, configured and saved ---------------------------------------------------
+
+    def catalog(self) -> list[Catalogued]:
+        """Configured and saved audiences; the saved ones are read again at most every
+        :data:`SAVED_TTL` seconds (and at once after this process saves or deletes one)."""
+        now = time.monotonic()
+        if self._catalog is None or now - self._catalog_at > SAVED_TTL:
+            self._catalog = catalog(self.config, self.state.saved_audiences())
+            self._catalog_at = now
+        return self._catalog
+
+    def forget_saved(self) -> None:
+        """This process changed the saved audiences: read them again next time."""
+        self._catalog = None
+
+    def audience(self, name: str) -> Catalogued | None:
+        return next((c for c in self.catalog() if c.audience.name == name), None)
+
+    @property
+    def audience_names(self) -> list[str]:
+        return [c.audience.name for c in self.catalog()]
 
     # -- one profile ---------------------------------------------------------------------
 
@@ -107,6 +133,44 @@ class Personalization:
         members = self.state.memberships_of(pid)
         return [{"segment": name, "since": iso_time(members[name])}
                 for name in self.audience_names if name in members]
+
+    def person(self, pids: Sequence[str], now: float | None = None) -> dict[str, Any]:
+        """What the personalization state holds about one person (a profile and the
+        profiles merged into it), for an access request: computed traits, audience
+        memberships with the time each was entered, the offer history and where each
+        action offered to them stands against its suppression, cooldowns and caps."""
+        now = time.time() if now is None else now
+        origins = {c.audience.name: c.origin for c in self.catalog()}
+        computed: dict[str, dict[str, Any]] = {}
+        segments: list[dict[str, Any]] = []
+        offers: list[OfferRecord] = []
+        for pid in pids:
+            values = self.computed_of(pid, now)
+            if self.state.trait_states_of(pid):
+                computed[pid] = values
+            segments += [{"profile_id": pid, "segment": name, "since": iso_time(since),
+                          "origin": origins.get(name, "removed")}
+                         for name, since in sorted(self.state.memberships_of(pid).items())]
+            offers += self.state.offers_of(pid)
+        offers.sort(key=lambda o: o.at)
+        standing = []
+        for action in self.config.actions:
+            if not any(o.action == action.name for o in offers):
+                continue
+            for channel in action.channels:
+                reasons: list[str] = []
+                rejection = self.decisions.within_caps(action, offers, channel, now, reasons)
+                standing.append({"action": action.name, "channel": channel,
+                                 "status": rejection[0] if rejection else "available",
+                                 "reasons": [rejection[1]] if rejection else reasons})
+        return {
+            "computed_traits": computed,
+            "segments": segments,
+            "offers": [{"profile_id": o.profile_id, "action": o.action, "channel": o.channel,
+                        "outcome": o.outcome, "at": iso_time(o.at), "event_uid": o.uid}
+                       for o in offers],
+            "caps": standing,
+        }
 
     def decide(self, pid: str, channel: str, limit: int, now: float | None = None) -> Decision:
         now = time.time() if now is None else now

@@ -65,10 +65,23 @@ class SegmentOut(BaseModel):
     description: str
     rule: dict[str, Any]
     size: int
+    origin: str = Field(description="config (tessera.yaml) or api (saved through the API)")
+    evaluated: bool = Field(description="Every existing profile has been evaluated against "
+                                        "this definition (a saved audience is filled in by "
+                                        "the personalization processor within seconds)")
+    created_at: str | None = Field(None, description="Saved audiences only")
+    updated_at: str | None = Field(None, description="Saved audiences only")
 
 
 class SegmentList(BaseModel):
     segments: list[SegmentOut]
+
+
+AudienceOut = SegmentOut
+
+
+class AudienceList(BaseModel):
+    audiences: list[AudienceOut]
 
 
 class PreviewOut(BaseModel):
@@ -94,3 +107,10 @@ PREVIEW_BODY = {"requestBody": {"required": True, "content": {"application/json"
         "rule": {"type": "object", "description": "An audience rule (docs/personalization.md)"},
         "sample": {"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 10_000},
         "examples": {"type": "integer", "minimum": 0, "maximum": 100, "default": 10}}}}}}}
+AUDIENCE_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["name", "rule"], "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,99}$"},
+        "description": {"type": "string"},
+        "rule": {"type": "object", "description": "An audience rule (docs/personalization.md)"},
+    }}}}}}

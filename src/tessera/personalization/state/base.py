@@ -16,6 +16,7 @@ PostgreSQL). Both pass ``tests/personalization/state_contract.py``.
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -39,6 +40,25 @@ class OfferRecord:
     outcome: str
     """``presented``, ``accepted`` or ``declined``."""
     at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SavedAudience:
+    """An audience saved through the API (``POST /v1/audiences``), as the state keeps it.
+
+    Saved audiences live in the personalization state, not in ``tessera.yaml``, so that
+    every worker of every host (they share the state) picks them up without a restart.
+    """
+
+    name: str
+    definition: dict[str, Any]
+    """The audience as JSON: ``name``, ``description``, ``rule``."""
+    digest: str
+    """Of the definition: what the workers compare to know whether they evaluated it."""
+    created_at: float
+    updated_at: float
+    evaluated: bool
+    """Whether every existing profile has been evaluated against this definition."""
 
 
 class StateTx(abc.ABC):
@@ -145,7 +165,38 @@ class State(abc.ABC):
 
     @abc.abstractmethod
     def reset(self) -> None:
-        """Drop everything but the outbox (a full rebuild follows)."""
+        """Drop everything but the outbox and the saved audiences (a full rebuild follows)."""
+
+    # -- saved audiences (configuration kept in the state, not derived from events) ----------
+
+    @abc.abstractmethod
+    def saved_audiences(self) -> list[SavedAudience]:
+        """Every saved audience, by name."""
+
+    @abc.abstractmethod
+    def save_audience(self, name: str, definition: dict[str, Any], digest: str,
+                      at: float) -> bool:
+        """Create or replace a saved audience; True if it was created. A replacement keeps
+        ``created_at`` and is no longer ``evaluated`` unless its digest is unchanged."""
+
+    @abc.abstractmethod
+    def delete_audience(self, name: str) -> bool:
+        """Forget a saved audience (not its memberships: the processor exits them); False if
+        there was none of that name."""
+
+    @abc.abstractmethod
+    def mark_evaluated(self, name: str, digest: str) -> None:
+        """Every profile was evaluated against this definition (a replaced one is not)."""
+
+    @abc.abstractmethod
+    def audiences_version(self) -> tuple[int, float]:
+        """Changes whenever a saved audience is created, replaced or deleted (cheap: the
+        processor and the API ask every second)."""
+
+    def erasing(self) -> AbstractContextManager[None]:
+        """Around the deletions of an erasure: the backend makes deleted rows unrecoverable
+        from its files where it can (SQLite: ``secure_delete`` and a WAL truncation)."""
+        return contextlib.nullcontext()
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

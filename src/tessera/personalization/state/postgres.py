@@ -17,7 +17,13 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from tessera.personalization.state.base import OfferRecord, State, StateTx, TraitStates
+from tessera.personalization.state.base import (
+    OfferRecord,
+    SavedAudience,
+    State,
+    StateTx,
+    TraitStates,
+)
 from tessera.store.base import OutboxMessage, StoreUnavailable
 from tessera.store.postgres import _configure, _key, create_schema, parse_url
 
@@ -59,6 +65,14 @@ CREATE TABLE IF NOT EXISTS pz_outbox (
     msg_id text NOT NULL,
     key text NOT NULL,
     payload bytea NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pz_audiences (
+    name text COLLATE "C" PRIMARY KEY,
+    definition jsonb NOT NULL,
+    digest text NOT NULL,
+    created_at double precision NOT NULL,
+    updated_at double precision NOT NULL,
+    evaluated text
 );
 """
 
@@ -256,6 +270,50 @@ class PostgresState(State):
     def reset(self) -> None:
         with self._connection() as conn, conn.transaction():
             conn.execute("TRUNCATE pz_traits, pz_due, pz_members, pz_offers, pz_applied")
+
+    # -- saved audiences ----------------------------------------------------------------
+
+    def saved_audiences(self) -> list[SavedAudience]:
+        return [SavedAudience(name, definition, digest, created, updated, evaluated == digest)
+                for name, definition, digest, created, updated, evaluated in self._rows(
+                    "SELECT name, definition, digest, created_at, updated_at, evaluated "
+                    "FROM pz_audiences ORDER BY name")]
+
+    def save_audience(self, name: str, definition: dict[str, Any], digest: str,
+                      at: float) -> bool:
+        # xmax = 0 only for a row this statement inserted (not for one it updated)
+        rows = self._rows(
+            "INSERT INTO pz_audiences (name, definition, digest, created_at, updated_at) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
+            "definition = excluded.definition, digest = excluded.digest, "
+            "updated_at = excluded.updated_at RETURNING (xmax = 0)",
+            [name, Jsonb(definition), digest, at, at])
+        return bool(rows[0][0])
+
+    def delete_audience(self, name: str) -> bool:
+        with self._connection() as conn:
+            return conn.execute("DELETE FROM pz_audiences WHERE name = %s",
+                                [name]).rowcount == 1
+
+    def mark_evaluated(self, name: str, digest: str) -> None:
+        with self._connection() as conn:
+            conn.execute("UPDATE pz_audiences SET evaluated = %s WHERE name = %s "
+                         "AND digest = %s", [digest, name, digest])
+
+    def audiences_version(self) -> tuple[int, float]:
+        count, total = self._rows("SELECT count(*), coalesce(sum(updated_at), 0) "
+                                  "FROM pz_audiences")[0]
+        return int(count), float(total)
+
+    def present(self) -> bool:
+        """Whether the ``pz_*`` tables exist in the schema (without creating them)."""
+        try:
+            with psycopg.connect(self.conninfo, autocommit=True) as conn:
+                row = conn.execute("SELECT to_regclass(%s)",
+                                   [f'"{self.schema}".pz_members']).fetchone()
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"personalization state: cannot connect: {exc}") from exc
+        return bool(row and row[0])
 
     def close(self) -> None:
         with self._lock:

@@ -16,7 +16,13 @@ from typing import Any
 import orjson
 
 from tessera import sqlitefile
-from tessera.personalization.state.base import OfferRecord, State, StateTx, TraitStates
+from tessera.personalization.state.base import (
+    OfferRecord,
+    SavedAudience,
+    State,
+    StateTx,
+    TraitStates,
+)
 from tessera.store.base import OutboxMessage
 
 SCHEMA = """
@@ -53,6 +59,14 @@ CREATE TABLE IF NOT EXISTS pz_outbox (
     key TEXT NOT NULL,
     payload BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS pz_audiences (
+    name TEXT PRIMARY KEY,
+    definition BLOB NOT NULL,        -- JSON: name, description, rule
+    digest TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    evaluated TEXT                   -- the digest every profile was evaluated against
+) WITHOUT ROWID;
 """
 
 _CHUNK = 500
@@ -189,7 +203,6 @@ class SQLiteState(sqlitefile.SchemaFile, State):
     def __init__(self, path: Path | str, synchronous: str | None = None) -> None:
         sqlitefile.SchemaFile.__init__(self, path, SCHEMA, synchronous)
 
-
     @contextmanager
     def transaction(self) -> Iterator[StateTx]:
         with self._lock:
@@ -253,3 +266,51 @@ class SQLiteState(sqlitefile.SchemaFile, State):
             assert isinstance(tx, SQLiteStateTx)
             for table in ("pz_traits", "pz_due", "pz_members", "pz_offers", "pz_applied"):
                 tx.conn.execute(f"DELETE FROM {table}")
+
+    # -- saved audiences ----------------------------------------------------------------
+
+    def saved_audiences(self) -> list[SavedAudience]:
+        return [SavedAudience(name, orjson.loads(definition), digest, created, updated,
+                              evaluated == digest)
+                for name, definition, digest, created, updated, evaluated in self._rows(
+                    "SELECT name, definition, digest, created_at, updated_at, evaluated "
+                    "FROM pz_audiences ORDER BY name")]
+
+    def save_audience(self, name: str, definition: dict[str, Any], digest: str,
+                      at: float) -> bool:
+        with self.transaction() as tx:
+            assert isinstance(tx, SQLiteStateTx)
+            found = tx.conn.execute("SELECT 1 FROM pz_audiences WHERE name=?",
+                                    (name,)).fetchone()
+            tx.conn.execute(
+                "INSERT INTO pz_audiences (name, definition, digest, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "definition=excluded.definition, digest=excluded.digest, "
+                "updated_at=excluded.updated_at", (name, orjson.dumps(definition), digest, at, at))
+        return found is None
+
+    def delete_audience(self, name: str) -> bool:
+        with self._lock:
+            return self.conn().execute("DELETE FROM pz_audiences WHERE name=?",
+                                       (name,)).rowcount == 1
+
+    def mark_evaluated(self, name: str, digest: str) -> None:
+        with self._lock:
+            self.conn().execute("UPDATE pz_audiences SET evaluated=? WHERE name=? AND digest=?",
+                                (digest, name, digest))
+
+    def audiences_version(self) -> tuple[int, float]:
+        count, total = self._rows("SELECT count(*), coalesce(sum(updated_at), 0) "
+                                  "FROM pz_audiences")[0]
+        return int(count), float(total)
+
+    @contextmanager
+    def erasing(self) -> Iterator[None]:
+        with self._lock:
+            conn = self.conn()
+            conn.execute("PRAGMA secure_delete=ON")  # overwrite deleted rows, not just unlink
+            try:
+                yield
+            finally:
+                conn.execute("PRAGMA secure_delete=OFF")
+        sqlitefile.truncate_wal(self.path)  # the WAL still holds the pages as they were
