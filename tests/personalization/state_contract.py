@@ -130,3 +130,47 @@ class StateContract:
         for t in threads:
             t.join()
         assert state.trait_states_of("p1")["n"] == {"v": 40}
+
+    def test_saved_audiences_create_replace_evaluate_and_delete(self, state: State) -> None:
+        rule = {"path": "traits.tier", "eq": "plus"}
+        empty = state.audiences_version()
+        assert state.saved_audiences() == []
+        assert state.save_audience("vip", {"name": "vip", "rule": rule}, "d1", 10.0) is True
+        created = state.audiences_version()
+        assert created != empty
+        [vip] = state.saved_audiences()
+        assert (vip.name, vip.definition, vip.digest, vip.created_at, vip.updated_at,
+                vip.evaluated) == ("vip", {"name": "vip", "rule": rule}, "d1", 10.0, 10.0, False)
+
+        state.mark_evaluated("vip", "d1")
+        assert state.saved_audiences()[0].evaluated is True
+        assert state.audiences_version() != created  # readers learn it was filled in
+
+        other = {"name": "vip", "description": "plus", "rule": rule}
+        assert state.save_audience("vip", other, "d2", 20.0) is False  # replaced
+        [vip] = state.saved_audiences()
+        assert (vip.definition, vip.digest, vip.created_at, vip.updated_at, vip.evaluated) == (
+            other, "d2", 10.0, 20.0, False)
+        state.mark_evaluated("vip", "d1")  # a worker finishing the old definition: not this
+        assert state.saved_audiences()[0].evaluated is False
+
+        assert state.save_audience("all", {"name": "all", "rule": rule}, "d3", 30.0) is True
+        assert [a.name for a in state.saved_audiences()] == ["all", "vip"]
+        before = state.audiences_version()
+        assert state.delete_audience("vip") is True
+        assert state.delete_audience("vip") is False
+        assert state.audiences_version() != before
+        assert [a.name for a in state.saved_audiences()] == ["all"]
+
+    def test_saved_audiences_outlive_a_reset(self, state: State) -> None:
+        state.save_audience("vip", {"name": "vip", "rule": {"consent": "x"}}, "d1", 1.0)
+        state.reset()
+        assert [a.name for a in state.saved_audiences()] == ["vip"]
+
+    def test_an_erasure_deletes_like_any_transaction(self, state: State) -> None:
+        with state.transaction() as tx:
+            tx.put_trait_states("p1", {"x": {"life": {"last": "secret-value"}}})
+            tx.enter("vip", "p1", 1.0)
+        with state.erasing(), state.transaction() as tx:
+            tx.drop(["p1"])
+        assert state.profile_ids() == []

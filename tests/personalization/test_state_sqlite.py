@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,3 +26,22 @@ class TestSQLiteState(StateContract):
         assert reader.memberships_of("p1") == {"vip": 1.0}
         writer.close()
         reader.close()
+
+    @pytest.mark.parametrize("erasing", [True, False])
+    def test_an_erasure_leaves_no_byte_of_the_deleted_rows_in_the_files(
+            self, tmp_path: Path, erasing: bool) -> None:
+        path = tmp_path / "p.db"
+        state = SQLiteState(path)
+        secret = b"jane-secret-7f3a91"
+        with state.transaction() as tx:
+            tx.put_trait_states("p1", {"last_email": {"life": {"last": secret.decode()}}})
+            tx.put_trait_states("p2", {"last_email": {"life": {"last": "bob"}}})
+        with state.erasing() if erasing else contextlib.nullcontext(), \
+                state.transaction() as tx:
+            tx.drop(["p1"])
+        # while the state is open, as in a running installation (closing checkpoints)
+        files = [p for p in tmp_path.iterdir() if p.name.startswith("p.db")]
+        found = any(secret in p.read_bytes() for p in files)
+        assert found is not erasing  # without the erasure's care the bytes stay behind
+        assert state.trait_states_of("p2")["last_email"]["life"]["last"] == "bob"
+        state.close()

@@ -26,8 +26,6 @@ from tessera.personalization.state import OfferRecord, State
 from tessera.store.base import Store, TimelineEntry
 
 TIMELINE_PAGE = 500
-SAVED_TTL = 1.0
-"""Seconds an API process trusts its copy of the saved audiences (others may save some)."""
 
 
 def event_of(entry: TimelineEntry) -> Event:
@@ -82,7 +80,7 @@ class Personalization:
         self.consent = TraitConsent(config.consent_trait_prefix)
         self.decisions = decisions or DecisionEngine(config)
         self._catalog: list[Catalogued] | None = None
-        self._catalog_at = 0.0
+        self._catalog_version: tuple[int, float, int] | None = None
 
     @classmethod
     def load(cls, config: PersonalizationConfig, store: Store, state: State,
@@ -92,12 +90,12 @@ class Personalization:
     # -- audiences, configured and saved ---------------------------------------------------
 
     def catalog(self) -> list[Catalogued]:
-        """Configured and saved audiences; the saved ones are read again at most every
-        :data:`SAVED_TTL` seconds (and at once after this process saves or deletes one)."""
-        now = time.monotonic()
-        if self._catalog is None or now - self._catalog_at > SAVED_TTL:
+        """Configured and saved audiences; the saved ones are read again when the state's
+        version of them changed (any process may save, delete or finish filling one in)."""
+        version = self.state.audiences_version()
+        if self._catalog is None or version != self._catalog_version:
             self._catalog = catalog(self.config, self.state.saved_audiences())
-            self._catalog_at = now
+            self._catalog_version = version
         return self._catalog
 
     def forget_saved(self) -> None:

@@ -97,7 +97,7 @@ class PersonalizationService:
         self.refresh_seconds = refresh
         self.stats = ServiceStats()
         self._stop = asyncio.Event()
-        self._audiences_version: tuple[int, float] | None = None
+        self._audiences_version: tuple[int, float, int] | None = None
         self._retired: dict[str, float] = {}
 
     @classmethod

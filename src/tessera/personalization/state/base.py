@@ -189,9 +189,9 @@ class State(abc.ABC):
         """Every profile was evaluated against this definition (a replaced one is not)."""
 
     @abc.abstractmethod
-    def audiences_version(self) -> tuple[int, float]:
-        """Changes whenever a saved audience is created, replaced or deleted (cheap: the
-        processor and the API ask every second)."""
+    def audiences_version(self) -> tuple[int, float, int]:
+        """Changes whenever a saved audience is created, replaced, deleted or marked
+        evaluated (cheap: the processor asks every second, the API on every read)."""
 
     def erasing(self) -> AbstractContextManager[None]:
         """Around the deletions of an erasure: the backend makes deleted rows unrecoverable

@@ -300,10 +300,11 @@ class PostgresState(State):
             conn.execute("UPDATE pz_audiences SET evaluated = %s WHERE name = %s "
                          "AND digest = %s", [digest, name, digest])
 
-    def audiences_version(self) -> tuple[int, float]:
-        count, total = self._rows("SELECT count(*), coalesce(sum(updated_at), 0) "
-                                  "FROM pz_audiences")[0]
-        return int(count), float(total)
+    def audiences_version(self) -> tuple[int, float, int]:
+        count, total, evaluated = self._rows(
+            "SELECT count(*), coalesce(sum(updated_at), 0), "
+            "count(*) FILTER (WHERE evaluated = digest) FROM pz_audiences")[0]
+        return int(count), float(total), int(evaluated)
 
     def present(self) -> bool:
         """Whether the ``pz_*`` tables exist in the schema (without creating them)."""

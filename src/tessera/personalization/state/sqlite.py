@@ -299,10 +299,11 @@ class SQLiteState(sqlitefile.SchemaFile, State):
             self.conn().execute("UPDATE pz_audiences SET evaluated=? WHERE name=? AND digest=?",
                                 (digest, name, digest))
 
-    def audiences_version(self) -> tuple[int, float]:
-        count, total = self._rows("SELECT count(*), coalesce(sum(updated_at), 0) "
-                                  "FROM pz_audiences")[0]
-        return int(count), float(total)
+    def audiences_version(self) -> tuple[int, float, int]:
+        count, total, evaluated = self._rows(
+            "SELECT count(*), coalesce(sum(updated_at), 0), "
+            "count(*) FILTER (WHERE evaluated = digest) FROM pz_audiences")[0]
+        return int(count), float(total), int(evaluated)
 
     @contextmanager
     def erasing(self) -> Iterator[None]:
