@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tessera.events.envelope import Event
-from tests.personalization.test_api import KEY, Client, api, member  # noqa: F401
+from tests.personalization.test_api import KEY, Client, member
 
 ADMIN = {"Authorization": "Bearer ak_admin_123"}
 TOWED_ONCE = {"name": "towed_once", "description": "At least one tow in twelve months",
