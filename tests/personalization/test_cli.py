@@ -62,3 +62,50 @@ def test_config_check_counts_the_personalization_section() -> None:
     result = CliRunner().invoke(cli_app, ["config", "check"])
     assert result.exit_code == 0, result.output
     assert "personalization: 7 computed traits, 5 audiences, 2 actions" in result.output
+
+
+async def test_audiences_list_save_and_delete(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with harness(default_config(), data) as h:
+        await h.send(h.event({"member_number": "M-1", "resolution": "towed"},
+                             "com.example.roadservice.ticket.status_changed",
+                             source="roadservice"))
+        await h.process()
+        pid = h.pid("member_number:M-1")
+    runner = CliRunner()
+    where = ["--data-dir", str(data)]
+
+    async def run(*args: str) -> Any:
+        return await asyncio.to_thread(runner.invoke, cli_app, [*args, *where])
+
+    rule = tmp_path / "rule.yaml"
+    rule.write_text("all:\n  - {audience: members}\n  - {path: computed.roadside_tows_12m, "
+                    "gte: 1}\n")
+    saved = await run("audiences", "save", "towed_once", "--rule", f"@{rule}",
+                      "--description", "At least one tow")
+    assert saved.exit_code == 0, saved.output
+    assert "created audience 'towed_once'" in saved.output
+    listed = orjson.loads((await run("audiences", "list", "--json")).output)
+    found = {a["name"]: a for a in listed}
+    assert found["towed_once"]["origin"] == "api" and found["members"]["origin"] == "config"
+    assert found["towed_once"]["evaluated"] is False
+    assert found["towed_once"]["description"] == "At least one tow"
+
+    # the processor fills it in; the commands see the members
+    async with harness(default_config(), data) as h:
+        await h.process()
+    members = await run("segments", "members", "towed_once")
+    assert members.exit_code == 0 and members.output.split() == [pid]
+    table = await run("audiences", "list")
+    assert "towed_once" in table.output and "api" in table.output
+
+    bad = await run("audiences", "save", "broken", "--rule", '{"audience": "nope"}')
+    assert bad.exit_code == 1 and "rule.audience: no audience named 'nope'" in bad.output
+    configured = await run("audiences", "delete", "members")
+    assert configured.exit_code == 1 and "configuration file" in configured.output
+    deleted = await run("audiences", "delete", "towed_once")
+    assert deleted.exit_code == 0, deleted.output
+    assert (await run("audiences", "delete", "towed_once")).exit_code == 1
+    async with harness(default_config(), data) as h:
+        await h.process()
+        assert set(h.service.state.memberships_of(pid)) == {"members"}  # left towed_once

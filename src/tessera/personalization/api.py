@@ -233,14 +233,6 @@ async def preview_segment(request: Request) -> Response:
 # -- saved audiences: /v1/audiences --------------------------------------------------------
 
 
-def _writable(runtime: Runtime) -> None:
-    if not runtime.config.personalization.enabled:
-        raise ApiError(409, "conflict", "personalization is off in this installation: the "
-                       "configuration declares no computed trait, audience or action, so no "
-                       "personalization processor would evaluate a saved audience; declare "
-                       "one under personalization and restart the workers")
-
-
 @router.post("/v1/audiences", status_code=201,
              summary="Save an audience (create, or replace one saved before)",
              responses={200: {"model": schemas.AudienceOut, "description": "Replaced"},
@@ -248,7 +240,6 @@ def _writable(runtime: Runtime) -> None:
              openapi_extra=schemas.AUDIENCE_BODY)
 async def save_audience(request: Request) -> Response:
     runtime = _runtime(request, "admin")
-    _writable(runtime)
     body: Any = parse_json(await read_body(request, BODY_LIMIT))
     p = personalization(runtime)
     try:

@@ -201,6 +201,12 @@ def save(config: PersonalizationConfig, state: State, body: Any,
     :class:`AudienceRejected` for an invalid body, :class:`AudienceConflict` for the
     name of a configured audience.
     """
+    if not config.enabled:
+        raise AudienceConflict("personalization is off in this installation: the "
+                               "configuration declares no computed trait, audience or action, "
+                               "so no personalization processor runs to evaluate a saved "
+                               "audience; declare one under personalization and restart the "
+                               "workers")
     if not isinstance(body, dict):
         raise AudienceRejected("the audience is invalid",
                                [FieldError("(body)", "must be a JSON object with 'name' and "

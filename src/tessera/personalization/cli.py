@@ -20,7 +20,11 @@ traits_app = typer.Typer(help="Computed traits: show, rebuild from the timelines
 segments_app = typer.Typer(help="Audiences: sizes, members, batch evaluation.",
                            no_args_is_help=True)
 
-APPS = {"traits": traits_app, "segments": segments_app}
+audiences_app = typer.Typer(
+    help="Audiences saved beside the configured ones: list, save, delete (the running "
+         "workers pick them up within seconds).", no_args_is_help=True)
+
+APPS = {"traits": traits_app, "segments": segments_app, "audiences": audiences_app}
 
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="tessera.yaml (default: $TESSERA_CONFIG, else the demo settings)",
@@ -116,8 +120,10 @@ def segments_list(config: ConfigOpt = None, data_dir_: DataDirOpt = None) -> Non
     p = Personalization(runtime.config.personalization, runtime.store,
                         open_state(runtime.store_url, runtime.data_dir))
     table = Table("segment", "size", "description")
-    for audience in runtime.config.personalization.audiences:
-        table.add_row(audience.name, str(p.sizes().get(audience.name, 0)), audience.description)
+    sizes = p.sizes()
+    for c in p.catalog():  # configured and saved
+        table.add_row(c.audience.name, str(sizes.get(c.audience.name, 0)),
+                      c.audience.description)
     console.print(table)
 
 
@@ -126,14 +132,11 @@ def segments_members(name: Annotated[str, typer.Argument(help="The audience")],
                      limit: Annotated[int, typer.Option(help="At most this many")] = 100,
                      config: ConfigOpt = None, data_dir_: DataDirOpt = None) -> None:
     """An audience's member profile ids, one a line."""
-    from tessera.cli import _runtime
-    from tessera.personalization.state import open_state
-
-    runtime = _runtime(config, data_dir_)
-    if name not in {a.name for a in runtime.config.personalization.audiences}:
+    _, p = _personalization(config, data_dir_)
+    if name not in p.audience_names:  # configured and saved
         err.print(f"no audience named {name!r}")
         raise typer.Exit(1)
-    for pid, _ in open_state(runtime.store_url, runtime.data_dir).members(name, None, limit):
+    for pid, _ in p.state.members(name, None, limit):
         console.print(pid, highlight=False)
 
 
@@ -147,3 +150,101 @@ def segments_evaluate(config: ConfigOpt = None, data_dir_: DataDirOpt = None) ->
     console.print(f"evaluated {report.profiles} profile(s) in "
                   f"{time.perf_counter() - started:.1f}s: {report.entered} entered, "
                   f"{report.exited} exited")
+
+
+def _personalization(config: Path | None, data: Path | None) -> Any:
+    from tessera.cli import _runtime
+    from tessera.personalization.queries import Personalization
+    from tessera.personalization.state import open_state
+
+    runtime = _runtime(config, data)
+    return runtime, Personalization(runtime.config.personalization, runtime.store,
+                                    open_state(runtime.store_url, runtime.data_dir))
+
+
+@audiences_app.command("list")
+def audiences_list(config: ConfigOpt = None, data_dir_: DataDirOpt = None,
+                   json_: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+                   ) -> None:
+    """Every audience, configured and saved: origin, size, whether it is filled in."""
+    _, p = _personalization(config, data_dir_)
+    sizes = p.sizes()
+    rows = [c.as_dict() | {"size": sizes.get(c.audience.name, 0)} for c in p.catalog()]
+    p.state.close()
+    if json_:
+        console.print_json(orjson.dumps(rows).decode())
+        return
+    table = Table("audience", "origin", "size", "evaluated", "description")
+    for row in rows:
+        table.add_row(row["name"], row["origin"], str(row["size"]),
+                      "yes" if row["evaluated"] else "not yet", row.get("description", ""))
+    console.print(table)
+
+
+def _rule(text: str) -> Any:
+    """A rule as JSON or YAML, inline or ``@file``."""
+    import yaml
+
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as exc:
+            err.print(f"--rule: cannot read {text[1:]}: {exc.strerror}")
+            raise typer.Exit(2) from None
+    try:
+        return yaml.safe_load(text)  # JSON is YAML
+    except yaml.YAMLError as exc:
+        err.print(f"--rule: neither JSON nor YAML: {exc}")
+        raise typer.Exit(2) from None
+
+
+@audiences_app.command("save")
+def audiences_save(
+    name: Annotated[str, typer.Argument(help="The audience's name (a-z, 0-9, _ . -)")],
+    rule: Annotated[str, typer.Option(
+        "--rule", help="The rule, JSON or YAML, or @FILE (docs/personalization.md)")],
+    description: Annotated[str, typer.Option(help="What the audience is for")] = "",
+    config: ConfigOpt = None, data_dir_: DataDirOpt = None,
+) -> None:
+    """Create or replace a saved audience (as POST /v1/audiences)."""
+    from tessera.personalization import audiences
+
+    runtime, p = _personalization(config, data_dir_)
+    body = {"name": name, "description": description, "rule": _rule(rule)}
+    try:
+        saved, created = audiences.save(runtime.config.personalization, p.state, body)
+    except audiences.AudienceRejected as exc:
+        err.print(exc.message)
+        for e in exc.errors:
+            err.print(f"  {e.field}: {e.reason}", highlight=False)
+        raise typer.Exit(1) from None
+    except audiences.AudienceConflict as exc:
+        err.print(str(exc))
+        raise typer.Exit(1) from None
+    finally:
+        p.state.close()
+    console.print(f"{'created' if created else 'replaced'} audience {name!r}; the running "
+                  "workers fill it in within seconds", highlight=False)
+    console.print_json(orjson.dumps(saved.as_dict()).decode())
+
+
+@audiences_app.command("delete")
+def audiences_delete(name: Annotated[str, typer.Argument(help="A saved audience")],
+                     config: ConfigOpt = None, data_dir_: DataDirOpt = None) -> None:
+    """Delete a saved audience; the running workers make its members exit (reason
+    deleted)."""
+    from tessera.personalization import audiences
+
+    runtime, p = _personalization(config, data_dir_)
+    try:
+        audiences.delete(runtime.config.personalization, p.state, name)
+    except audiences.AudienceConflict as exc:
+        err.print(str(exc))
+        raise typer.Exit(1) from None
+    except audiences.AudienceNotFound:
+        err.print(f"no saved audience named {name!r}")
+        raise typer.Exit(1) from None
+    finally:
+        p.state.close()
+    console.print(f"deleted audience {name!r}; its members exit within seconds",
+                  highlight=False)
