@@ -137,6 +137,10 @@ def create_app(runtime: Runtime, worker_in_process: bool = False) -> FastAPI:
 
         require_scope(runtime, request, "profiles:read")
         watched = list(WATCHED_GROUPS)
+        if runtime.config.personalization.enabled:  # its processor runs in the workers
+            from tessera.personalization.service import consumer_groups
+
+            watched += [g for g in consumer_groups() if g not in watched]
         try:
             lags = await asyncio.wait_for(
                 asyncio.gather(*(runtime.bus.lag(t, g) for t, g in watched)), 5.0)
