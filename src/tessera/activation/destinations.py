@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import yarl
 
 from tessera import __version__
 from tessera.activation import signing
@@ -80,11 +81,7 @@ class WebhookSender(Sender):
         self.config = config
         self._session: aiohttp.ClientSession | None = None
         self._timeout = aiohttp.ClientTimeout(total=config.timeout)
-        self._static_headers = {
-            "content-type": "application/cloudevents+json",
-            "user-agent": f"tessera/{__version__}",
-            **config.headers,
-        }
+        self._url = yarl.URL(config.url)  # parsed once, not per request
 
     def _client(self) -> aiohttp.ClientSession:
         # created on first use: an aiohttp session belongs to the running event loop
@@ -92,18 +89,19 @@ class WebhookSender(Sender):
             connector = aiohttp.TCPConnector(
                 limit=self.config.max_concurrency, limit_per_host=self.config.max_concurrency,
                 use_dns_cache=True, enable_cleanup_closed=True)
+            # the headers every request carries are the session's defaults, merged once;
+            # no cookie jar: a webhook receiver's cookies mean nothing to the next request
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=self._timeout, trust_env=False,
-                auto_decompress=True, skip_auto_headers=("User-Agent",))
+                auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar(),
+                headers={"content-type": "application/cloudevents+json",
+                         "user-agent": f"tessera/{__version__}", **self.config.headers})
         return self._session
 
     async def send(self, message: Outgoing) -> None:
-        headers = {
-            **self._static_headers,
-            **signing.headers(self.config.secret, message.msg_id, message.raw),
-        }
+        headers = signing.headers(self.config.secret, message.msg_id, message.raw)
         try:
-            async with self._client().post(self.config.url, data=message.raw, headers=headers,
+            async with self._client().post(self._url, data=message.raw, headers=headers,
                                            allow_redirects=False) as response:
                 status = response.status
                 if 200 <= status < 300:
