@@ -3,8 +3,11 @@
 The export is built from the same sources erasure clears: the profile (every
 linked identifier with the event and source that linked it, every trait with
 its source and time, the profiles merged in), the whole timeline with each
-event as received, consent decisions, and journey state. The bus holds the
-same events as the timeline; the warehouse holds copies of the profile.
+event as received, consent decisions, journey state, and what personalization
+computed from them (computed traits, audience memberships with the time each
+was entered, the offer history and where each offered action stands against
+its caps). The bus holds the same events as the timeline; the warehouse holds
+copies of the profile.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ def export_person(runtime: Runtime, identifier: Identifier) -> dict[str, Any] | 
                              for i in state.instances(pid_)]
         finally:
             state.close()
+    personalization = _personalization(runtime, [profile.id,
+                                                 *(m.merged for m in profile.merged_from)])
     traits = {name: {"value": t.value, "source": t.source, "time": iso_time(t.time)}
               for name, t in profile.traits.items()}
     return {
@@ -70,4 +75,20 @@ def export_person(runtime: Runtime, identifier: Identifier) -> dict[str, Any] | 
                             for m in profile.merged_from],
         "timeline": timeline,
         "journeys": journeys,
+        "personalization": personalization,
     }
+
+
+def _personalization(runtime: Runtime, pids: list[str]) -> dict[str, Any]:
+    """The personalization state's part: computed traits, segments, offers, caps."""
+    from tessera.personalization.queries import Personalization
+    from tessera.personalization.state import existing_state
+
+    state = existing_state(runtime.store_url, runtime.data_dir)
+    if state is None:
+        return {"computed_traits": {}, "segments": [], "offers": [], "caps": []}
+    try:
+        return Personalization(runtime.config.personalization, runtime.store,
+                               state).person(pids)
+    finally:
+        state.close()

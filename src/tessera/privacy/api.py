@@ -61,6 +61,7 @@ class ErasureResult(BaseModel):
     bus_messages: int
     journey_rows: int
     warehouse_rows: int
+    personalization_memberships: int
 
 
 class AuditRow(BaseModel):

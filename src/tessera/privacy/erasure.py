@@ -9,8 +9,12 @@ steps run in an order that makes a crash or a concurrent event harmless:
 2. the warehouse (the step most likely to be busy) and the journey state;
 3. the store, in one transaction (or the profile is anonymized);
 4. the bus: events, derived events and dead letters that name the person;
-5. ``profile.erased`` is published to the ``derived`` topic so that
-   subscribers can erase their copies, and the request is audited without
+5. the personalization state (computed traits, audience memberships, offer
+   history) is erased at once, its members leaving every audience with
+   ``segment.exited`` (reason ``erased``, nothing but the profile id), as the
+   personalization processor would on ``profile.erased``, which then finds
+   nothing left to do; ``profile.erased`` is published to the ``derived`` topic so
+   that subscribers can erase their copies, and the request is audited without
    any personal data (the profile id and counts only).
 
 Running the same request again is safe: whatever is left is removed.
@@ -62,6 +66,8 @@ class ErasureReport:
     bus_messages: int = 0
     journey_rows: int = 0
     warehouse_rows: int = 0
+    personalization_memberships: int = 0
+    """Audience memberships ended (their computed traits and offer history went too)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,9 +190,13 @@ async def erase_person(runtime: Runtime, identifier: Identifier, actor: str) -> 
                             - time.monotonic()))
     report.bus_messages = await runtime.bus.erase([EVENTS_TOPIC, DERIVED_TOPIC],
                                                   matcher(identifiers, pids, uids))
-    # 5. tell subscribers, and remember that it was done (without the person)
+    # 5. the personalization state, then tell subscribers, and remember that it was done
+    #    (without the person)
     if profile is not None:
-        await runtime.bus.publish(DERIVED_TOPIC, [_erased_message(report, profile.id)])
+        message, erased_event = _erased_message(report, profile.id)
+        report.personalization_memberships = await _erase_personalization(runtime,
+                                                                          erased_event)
+        await runtime.bus.publish(DERIVED_TOPIC, [message])
     await asyncio.to_thread(runtime.records.audit, AuditEntry(
         action="privacy.erasure", actor=actor, at=time.time(),
         target=profile.id if profile else "(no profile)",
@@ -213,7 +223,35 @@ def _erase_warehouse(runtime: Runtime, pids: list[str]) -> int:
         warehouse.close()
 
 
-def _erased_message(report: ErasureReport, profile_id: str) -> Message:
+async def _erase_personalization(runtime: Runtime, erased: Event) -> int:
+    """Apply ``profile.erased`` to the personalization state now, rather than leave the
+    person's computed traits, memberships and offer history until a personalization
+    processor reads the event (none may run: personalization switched off, workers
+    stopped). Deleted rows are overwritten where the backend allows it. The exits go to
+    the bus after the bus erasure, so they stay; the event is recorded as applied, so the
+    processor does not do it twice. The number of memberships ended."""
+    from tessera.personalization.engine import Personalizer
+    from tessera.personalization.state import existing_state
+    from tessera.processing.worker import relay_outbox
+
+    state = await asyncio.to_thread(existing_state, runtime.store_url, runtime.data_dir)
+    if state is None:
+        return 0
+    try:
+        engine = Personalizer(runtime.config.personalization, runtime.store, state)
+
+        def erase() -> int:
+            with state.erasing():
+                return engine.erase(erased).exited
+
+        exited = await asyncio.to_thread(erase)
+        await relay_outbox(state, runtime.bus)
+        return exited
+    finally:
+        await asyncio.to_thread(state.close)
+
+
+def _erased_message(report: ErasureReport, profile_id: str) -> tuple[Message, Event]:
     now = time.time()
     event = Event(
         id=f"{report.request_id}:profile.erased", source=ERASED_SOURCE, type="profile.erased",
@@ -224,4 +262,4 @@ def _erased_message(report: ErasureReport, profile_id: str) -> Message:
         identifiers=[("profile_id", profile_id)], subject=profile_id,
         datacontenttype="application/json",
     )
-    return Message(event.uid, event.partition_key, event.to_json())
+    return Message(event.uid, event.partition_key, event.to_json()), event
