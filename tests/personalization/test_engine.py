@@ -3,6 +3,7 @@ entry and exit events, window expiry, merges, redelivery, rebuild and batch eval
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import uuid
@@ -16,8 +17,10 @@ import pytest
 
 from tessera.bus.nats import delete_streams
 from tessera.config import TesseraConfig
+from tessera.personalization import audiences
 from tessera.personalization.batch import evaluate_all, rebuild
 from tessera.personalization.engine import Personalizer
+from tessera.personalization.service import PersonalizationService
 from tests.personalization.helpers import DAY, Harness, config_with
 from tests.personalization.helpers import harness as embedded_harness
 from tests.services import require_nats, require_postgres
@@ -197,19 +200,63 @@ async def test_rebuild_recomputes_from_the_timeline(tmp_path: Path, make: Make) 
 
 async def test_batch_evaluation_applies_a_changed_rule(tmp_path: Path, make: Make) -> None:
     async with make(CONFIG, tmp_path) as h:
-        await h.send(h.event(M1, "tow.completed"),
-                     h.event({"member_number": "M-2"}, "tow.completed"),
-                     h.event({"member_number": "M-2"}, "tow.completed"))
+        m2 = {"member_number": "M-2"}
+        await h.send(h.event(M1, "tow.completed"), h.event(m2, "tow.completed"),
+                     h.event(m2, "tow.completed"), h.event({**m2, "total": 150.0},
+                                                           "booking.created"))
         await h.process()
         assert h.reads.sizes()["frequent_tows"] == 1
-        looser = {**SECTION, "audiences": [
-            {"name": "frequent_tows", "rule": {"path": "computed.tows_12m", "gte": 1}}]}
-        engine = Personalizer(config_with(looser).personalization, h.runtime.store,
-                              h.service.state)
+        assert h.reads.sizes()["towed_spenders"] == 1
+        looser = config_with({**SECTION, "audiences": [
+            {"name": "frequent_tows", "rule": {"path": "computed.tows_12m", "gte": 1}}]})
+        engine = Personalizer(looser.personalization, h.runtime.store, h.service.state)
         report = evaluate_all(engine)
         assert (report.profiles, report.entered, report.exited) == (2, 1, 0)
-        # towed_spenders is no longer configured: its members are dropped silently
+        # towed_spenders is no longer configured: a batch evaluation leaves its members
+        # alone, and the processor started with the new configuration makes them exit
+        assert h.service.state.sizes() == {"frequent_tows": 2, "towed_spenders": 1}
+        service = PersonalizationService(looser.personalization, h.runtime.bus,
+                                         h.runtime.store, h.service.state)
+        await service.run_until_idle()
         assert h.service.state.sizes() == {"frequent_tows": 2}
+        assert seg(await h.derived("segment.exited")) == [
+            ("segment.exited", "towed_spenders", "deleted")]
+
+
+async def test_a_saved_audience_is_filled_in_and_its_deletion_makes_members_exit(
+        tmp_path: Path, make: Make) -> None:
+    async with make(CONFIG, tmp_path) as h:
+        m2 = {"member_number": "M-2"}
+        await h.send(h.event(M1, "tow.completed"), h.event(m2, "booking.created"))
+        await h.process()
+        towed = {"name": "towed", "rule": {"path": "computed.tows_12m", "gte": 1}}
+        await asyncio.to_thread(audiences.save, CONFIG.personalization, h.service.state, towed)
+        # a second saved audience built on the first one
+        await asyncio.to_thread(audiences.save, CONFIG.personalization, h.service.state, {
+            "name": "towed_or_frequent", "rule": {"any": [{"audience": "towed"},
+                                                          {"audience": "frequent_tows"}]}})
+        await h.process()
+        one = h.pid("member_number:M-1")
+        assert h.service.state.memberships_of(one).keys() == {"towed", "towed_or_frequent"}
+        assert h.service.state.memberships_of(h.pid("member_number:M-2")) == {}
+        assert sorted(seg(await h.derived("segment.entered"))) == [
+            ("segment.entered", "towed", "saved"),
+            ("segment.entered", "towed_or_frequent", "saved")]
+        assert all(a.evaluated for a in h.service.state.saved_audiences())
+
+        # a new event is evaluated against the saved audience like any other
+        await h.send(h.event(m2, "tow.completed"))
+        await h.process()
+        assert h.service.state.memberships_of(h.pid("member_number:M-2")).keys() == {
+            "towed", "towed_or_frequent"}
+
+        await asyncio.to_thread(audiences.delete, CONFIG.personalization, h.service.state,
+                                "towed_or_frequent")
+        await h.process()
+        exits = seg(await h.derived("segment.exited"))
+        assert exits == [("segment.exited", "towed_or_frequent", "deleted")] * 2
+        assert "towed_or_frequent" not in h.service.state.sizes()
+        assert h.service.state.sizes()["towed"] == 2
 
 
 async def test_offer_outcomes_go_to_the_offer_history(tmp_path: Path, make: Make) -> None:
