@@ -267,6 +267,31 @@ class StoreContract:
             tx.merge(a, [b], "e1", 2.0, "deterministic")
         assert list(store.iter_profile_ids()) == [a, c]
 
+    def test_trait_values_lists_live_profiles_with_the_wanted_traits(
+            self, store: Store) -> None:
+        ids = sorted(pid() for _ in range(7))
+        with store.transaction() as tx:
+            for p in ids:
+                tx.create_profile(p, 1.0)
+            for i, p in enumerate(ids):
+                traits = {"tier": Trait("gold", "crm", 1.0)}
+                if i != 3:  # the fourth profile has no wanted trait at all
+                    traits["name"] = Trait(f"Name {i}", "web", 1.0, 3, f"e{i}")
+                if i % 2 == 0:
+                    traits["city"] = Trait({"name": f"City {i}"}, "crm", 2.0)
+                tx.put_traits(p, traits)
+        with store.transaction() as tx:  # a merged-away profile is not listed
+            tx.merge(ids[0], [ids[5]], "m1", 2.0, "deterministic")
+        expected = [(p, {"name": f"Name {i}", **({"city": {"name": f"City {i}"}}
+                                                   if i % 2 == 0 else {})})
+                    for i, p in enumerate(ids) if i not in (3, 5)]
+        for page in (2, 3, 5000):  # page boundaries fall before, on and after the gaps
+            assert list(store.trait_values(["name", "city", "name"], page=page)) == expected
+        assert list(store.trait_values(["city"])) == [
+            (p, {"city": {"name": f"City {i}"}}) for i, p in enumerate(ids) if i % 2 == 0]
+        assert list(store.trait_values(["missing"])) == []
+        assert list(store.trait_values([])) == []
+
     def _person_and_bystander(self, store: Store) -> tuple[str, str, str]:
         """Jane (two profiles merged into one) and Bob, who shares nothing with her."""
         jane, jane_old, bob = pid(), pid(), pid()

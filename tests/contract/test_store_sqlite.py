@@ -24,3 +24,17 @@ class TestSQLiteStore(ChangeFeedContract):
             assert b"bob@x.io" in blob  # the scan does see what is still there
         finally:
             store.close()
+
+    def test_the_generic_trait_values_reads_the_same(self, tmp_path: Path) -> None:
+        """The base class's trait_values (a page per transaction through ``StoreTx.traits``),
+        which backends without their own bulk read inherit, meets the same contract."""
+        store = _GenericTraitValues(tmp_path / "generic.db")
+        store.migrate()
+        try:
+            self.test_trait_values_lists_live_profiles_with_the_wanted_traits(store)
+        finally:
+            store.close()
+
+
+class _GenericTraitValues(SQLiteStore):
+    trait_values = Store.trait_values

@@ -86,6 +86,54 @@ class NewProfile:
 
 
 @dataclass(slots=True)
+class ProfileColumns:
+    """New profiles made whole by one event each, as columns (the columnar import path).
+
+    Row ``i`` is profile ``ids[i]``, created by event ``event_uids[i]`` of ``types[i]``
+    at ``times[i]``; ``documents[i]`` is that event's CloudEvent, already JSON. Links
+    and traits name their row (``link_rows``, ``trait_rows``); trait values are JSON
+    too, and a trait's time and event are its row's. Columns rather than one object
+    per profile, so that a backend can write a million rows without touching each
+    value in Python; :meth:`StoreTx.create_profile_columns` writes the same rows as
+    :meth:`StoreTx.create_profiles`.
+    """
+
+    source: str
+    ids: list[str]
+    event_uids: list[str]
+    types: list[str]
+    times: list[float]
+    received_at: list[float]
+    documents: list[bytes]
+    link_rows: list[int]
+    link_types: list[str]
+    link_values: list[str]
+    trait_rows: list[int]
+    trait_names: list[str]
+    trait_values: list[bytes]
+    trait_priorities: list[int]
+
+    def profiles(self) -> list[NewProfile]:
+        """The same profiles as :class:`NewProfile` objects (decoding every value)."""
+        import orjson
+
+        idents: list[list[Identifier]] = [[] for _ in self.ids]
+        for row, type_, value in zip(self.link_rows, self.link_types, self.link_values,
+                                     strict=True):
+            idents[row].append((type_, value))
+        traits: list[dict[str, Trait]] = [{} for _ in self.ids]
+        for row, name, raw, prio in zip(self.trait_rows, self.trait_names, self.trait_values,
+                                        self.trait_priorities, strict=True):
+            traits[row][name] = Trait(orjson.loads(raw), self.source, self.times[row], prio,
+                                      self.event_uids[row])
+        return [NewProfile(pid, idents[i], self.event_uids[i], self.source, traits[i],
+                           TimelineEntry(self.event_uids[i], self.types[i], self.source,
+                                         self.times[i], self.received_at[i],
+                                         orjson.loads(self.documents[i])))
+                for i, pid in enumerate(self.ids)]
+
+
+@dataclass(slots=True)
 class OutboxMessage:
     id: int
     topic: str
@@ -198,6 +246,15 @@ class StoreTx(abc.ABC):
                 self.put_traits(p.id, p.traits)
             self.append_timeline(p.id, [p.entry], at)
 
+    def create_profile_columns(self, columns: ProfileColumns, at: float) -> None:
+        """:meth:`create_profiles` for profiles given as columns (the columnar import).
+
+        This default decodes them into :class:`NewProfile` objects; a backend may
+        write the columns as they are (SQLite: one ``INSERT ... SELECT`` per table).
+        """
+        if columns.ids:
+            self.create_profiles(columns.profiles(), at)
+
     def touch(self, profile_ids: Sequence[str], at: float) -> None:
         """Mark profiles as changed at ``at`` (``updated_at``) without adding events.
 
@@ -291,6 +348,30 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def iter_profile_ids(self) -> Iterator[str]:
         """Every live (not merged-away) profile id, in id order."""
+
+    def trait_values(self, names: Sequence[str], page: int = 5000
+                     ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every live profile holding at least one of these traits: its id and their values.
+
+        In profile id order; the values as :meth:`StoreTx.traits` reads them (sources,
+        times and priorities left out). A scan of the whole population for batch work
+        (probabilistic matching reads everyone's name, birth date and address): this
+        default reads ``page`` profiles per transaction through :meth:`StoreTx.traits`;
+        backends answer it with one set-based query per page, without building a
+        :class:`Trait` per value. Pages are not one snapshot: a profile merged away
+        meanwhile may still be listed.
+        """
+        wanted = list(dict.fromkeys(names))
+        ids = list(self.iter_profile_ids())
+        for start in range(0, len(ids), page):
+            part = ids[start:start + page]
+            with self.transaction() as tx:
+                traits = tx.traits(part)
+            for pid in part:
+                have = traits.get(pid, {})
+                values = {n: have[n].value for n in wanted if n in have}
+                if values:
+                    yield pid, values
 
     def changed_profiles(self, since: float) -> list[str]:
         """Ids of every profile, live or merged away, whose ``updated_at`` is after ``since``.

@@ -24,6 +24,7 @@ from tessera.store.base import (
     NewProfile,
     OutboxMessage,
     Profile,
+    ProfileColumns,
     Store,
     StoreTx,
     TimelineEntry,
@@ -146,6 +147,12 @@ class EncryptedTx(StoreTx):
             sealed.append(NewProfile(p.id, p.identifiers, p.event_uid, p.source, traits, entry))
         self.inner.create_profiles(sealed, at)  # the backend's bulk path, sealed
 
+    def create_profile_columns(self, columns: ProfileColumns, at: float) -> None:
+        """Decoded and sealed value by value through :meth:`create_profiles`: the backend
+        must never see a clear trait value or event document."""
+        if columns.ids:
+            self.create_profiles(columns.profiles(), at)
+
     def touch(self, profile_ids: Sequence[str], at: float) -> None:
         self.inner.touch(profile_ids, at)
 
@@ -218,6 +225,13 @@ class EncryptedStore(Store):
 
     def iter_profile_ids(self) -> Iterator[str]:
         return self.inner.iter_profile_ids()
+
+    def trait_values(self, names: Sequence[str], page: int = 5000
+                     ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The backend's bulk read, each value opened as :meth:`StoreTx.traits` opens it."""
+        open_trait = self.codec.open_trait
+        for pid, values in self.inner.trait_values(names, page):
+            yield pid, {n: open_trait(n, v) for n, v in values.items()}
 
     def changed_profiles(self, since: float) -> list[str]:
         return self.inner.changed_profiles(since)

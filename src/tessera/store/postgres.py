@@ -1085,6 +1085,38 @@ class PostgresStore(Store):
                 return
             after = page[-1]
 
+    def trait_values(self, names: Sequence[str], page: int = 5000
+                     ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """A page of live profiles per query (keyset on the id), each with its wanted traits
+        in the same statement; no connection held between pages."""
+        wanted = list(dict.fromkeys(names))
+        if not wanted:
+            return
+        after = ""
+        while True:
+            with self._connection() as conn:
+                rows = conn.cursor(binary=True).execute(
+                    "WITH page AS (SELECT id FROM profiles WHERE merged_into IS NULL "
+                    "AND id > %s ORDER BY id LIMIT %s) "
+                    "SELECT page.id, t.name, t.value FROM page LEFT JOIN traits t "
+                    "ON t.profile_id = page.id AND t.name = ANY(%s) ORDER BY page.id",
+                    [after, page, wanted]).fetchall()
+            current: str | None = None
+            values: dict[str, Any] = {}
+            seen = 0
+            for pid, name, value in rows:
+                if pid != current:
+                    if values:
+                        yield str(current), values
+                    current, values = pid, {}
+                    seen += 1
+                if name is not None:
+                    values[name] = value
+            if values:
+                yield str(current), values
+            if seen < page or current is None:
+                return
+            after = current
 
     def changed_profiles(self, since: float) -> list[str]:
         with self._connection() as conn:

@@ -11,6 +11,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from tessera.store.base import (
     NewProfile,
     OutboxMessage,
     Profile,
+    ProfileColumns,
     Store,
     StoreTx,
     TimelineEntry,
@@ -102,6 +104,64 @@ CREATE TABLE IF NOT EXISTS outbox (
 def _chunks(items: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+class _Packed:
+    """Columns of a bulk insert packed into a few BLOB parameters.
+
+    ``INSERT ... SELECT`` over a counter then cuts each row's values out with
+    ``substr``: SQLite's own loop writes every row, without binding each value from
+    Python (``executemany`` spends most of its time there) and without holding the
+    GIL, so the import's next chunk is read and mapped on the other core meanwhile.
+    A text column of equal widths is one BLOB; any other also has a BLOB of
+    fixed-width decimal offsets. Floats are bound as they are only when one value
+    serves every row (SQLite's text-to-real conversion is not guaranteed to round
+    exactly); other float columns make :meth:`usable` false.
+    """
+
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+        self.usable = True
+
+    def const(self, value: Any) -> str:
+        name = f"p{len(self.params)}"
+        self.params[name] = value
+        return f":{name}"
+
+    def text(self, values: Sequence[str] | Sequence[bytes], blob: bool = False) -> str:
+        try:
+            enc = [v.encode() if isinstance(v, str) else v for v in values]
+        except UnicodeEncodeError:  # a lone surrogate: let executemany refuse it as usual
+            self.usable = False
+            return "NULL"
+        name = self.const(b"".join(enc))
+        cast = "{}" if blob else "CAST({} AS TEXT)"
+        widths = set(map(len, enc))
+        if len(widths) == 1:
+            w = widths.pop()
+            return cast.format(f"substr({name}, i*{w}+1, {w})")
+        ends = list(accumulate(map(len, enc)))
+        digits = len(str(ends[-1]))
+        offsets = self.const((f"%0{digits}d" * (len(ends) + 1) % (0, *ends)).encode())
+        start = f"CAST(substr({offsets}, i*{digits}+1, {digits}) AS INTEGER)"
+        end = f"CAST(substr({offsets}, i*{digits}+{digits + 1}, {digits}) AS INTEGER)"
+        return cast.format(f"substr({name}, {start}+1, {end}-{start})")
+
+    def number(self, values: Sequence[float] | Sequence[int]) -> str:
+        first = values[0]
+        if all(v == first and type(v) is type(first) for v in values):
+            return self.const(first)
+        if all(type(v) is int for v in values):
+            return self.text([str(v) for v in values]).replace("AS TEXT", "AS INTEGER")
+        self.usable = False
+        return "NULL"
+
+    def insert(self, conn: sqlite3.Connection, head: str, exprs: list[str], rows: int,
+               order: str) -> None:
+        self.params["rows"] = rows
+        conn.execute(f"{head} SELECT {', '.join(exprs)} FROM (WITH RECURSIVE n(i) AS "
+                     f"(SELECT 0 UNION ALL SELECT i+1 FROM n WHERE i+1 < :rows) SELECT i FROM n)"
+                     f" ORDER BY {order}", self.params)
 
 
 class SQLiteTx(StoreTx):
@@ -278,6 +338,49 @@ class SQLiteTx(StoreTx):
            "received_at, event) VALUES (?, ?, ?, ?, ?, ?, ?)",
            [(p.id, p.entry.time, p.entry.event_uid, p.entry.type, p.entry.source,
              p.entry.received_at, orjson.dumps(p.entry.event)) for p in profiles])
+
+    def create_profile_columns(self, columns: ProfileColumns, at: float) -> None:
+        """One ``INSERT ... SELECT`` per table from packed columns (:class:`_Packed`), each
+        sorted by the table's key so that the B-trees fill in order; where a column
+        cannot be packed, :meth:`create_profiles`."""
+        c = columns
+        n = len(c.ids)
+        if not n:
+            return
+        tables: list[tuple[_Packed, str, list[str], int, str]] = []
+        p = _Packed()
+        tables.append((p, "INSERT INTO profiles (id, created_at, updated_at, event_count)",
+                       [f"{p.text(c.ids)} AS k", p.const(at), p.const(at), "1"], n, "k"))
+        if c.link_rows:
+            p = _Packed()
+            ids, uids = c.ids, c.event_uids
+            tables.append((p, "INSERT INTO identities (type, value, profile_id, event_uid, "
+                           "linked_at, source, reason)",
+                           [f"{p.text(c.link_types)} AS t", f"{p.text(c.link_values)} AS v",
+                            p.text([ids[r] for r in c.link_rows]),
+                            p.text([uids[r] for r in c.link_rows]), p.const(at),
+                            p.const(c.source), "'deterministic'"], len(c.link_rows), "t, v"))
+        if c.trait_rows:
+            p = _Packed()
+            rows = c.trait_rows
+            tables.append((p, "INSERT OR REPLACE INTO traits (profile_id, name, value, source, "
+                           "time, priority, event_uid)",
+                           [f"{p.text([c.ids[r] for r in rows])} AS k",
+                            f"{p.text(c.trait_names)} AS nm", p.text(c.trait_values, blob=True),
+                            p.const(c.source), p.number([c.times[r] for r in rows]),
+                            p.number(c.trait_priorities),
+                            p.text([c.event_uids[r] for r in rows])], len(rows), "k, nm"))
+        p = _Packed()
+        tables.append((p, "INSERT OR IGNORE INTO timeline (profile_id, time, event_uid, type, "
+                       "source, received_at, event)",
+                       [f"{p.text(c.ids)} AS k", p.number(c.times),
+                        f"{p.text(c.event_uids)} AS u", p.text(c.types), p.const(c.source),
+                        p.number(c.received_at), p.text(c.documents, blob=True)], n, "k, u"))
+        if not all(t[0].usable for t in tables):
+            super().create_profile_columns(columns, at)  # NewProfile objects, executemany
+            return
+        for packed, head, exprs, rows_, order in tables:
+            packed.insert(self.conn, head, exprs, rows_, order)
 
     def add_outbox(self, messages: Sequence[tuple[str, str, str, bytes]]) -> None:
         self.conn.executemany(
@@ -504,6 +607,29 @@ class SQLiteStore(Store):
             "SELECT id FROM profiles WHERE merged_into IS NULL ORDER BY id"
         ):
             yield pid
+
+    def trait_values(self, names: Sequence[str], page: int = 5000
+                     ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """One statement (so one snapshot): live profiles in id order, each joined with its
+        wanted traits by the traits table's primary key (profile_id, name); no sort."""
+        wanted = list(dict.fromkeys(names))
+        if not wanted:
+            return
+        marks = ",".join("?" * len(wanted))
+        loads = orjson.loads
+        current: str | None = None
+        values: dict[str, Any] = {}
+        for pid, name, value in self._conn().execute(
+                f"SELECT p.id, t.name, t.value FROM profiles p JOIN traits t "
+                f"ON t.profile_id = p.id AND t.name IN ({marks}) "
+                f"WHERE p.merged_into IS NULL ORDER BY p.id", wanted):
+            if pid != current:
+                if current is not None:
+                    yield current, values
+                current, values = pid, {}
+            values[name] = loads(value)
+        if current is not None:
+            yield current, values
 
     def changed_profiles(self, since: float) -> list[str]:
         return [r[0] for r in self._conn().execute(
