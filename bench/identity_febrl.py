@@ -54,8 +54,14 @@ FEBRL_SETTINGS = MatchSettings(
         "address_1": MatchColumn(trait="address_1", compare="fuzzy"),
         "suburb": MatchColumn(trait="suburb", compare="fuzzy"),
     },
+    # Name prefixes only together with a place or the year of birth: a bare two-letter
+    # prefix rule made 85 % of the comparisons at 100,000 records (1.3 of 1.6 million)
+    # for one true pair of FEBRL4 that the OR-ed rules below still find.
     blocking=[["given_name", "surname"], ["date_of_birth"], ["soc_sec_id"],
-              ["postcode", "street_number"], ["substr(given_name,1,2)", "substr(surname,1,2)"]],
+              ["postcode", "street_number"],
+              ["substr(given_name,1,2)", "substr(surname,1,2)", "postcode"],
+              ["substr(given_name,1,2)", "substr(surname,1,2)", "substr(date_of_birth,1,4)"],
+              ["substr(given_name,1,2)", "substr(surname,1,2)", "suburb"]],
     training=[["date_of_birth"], ["given_name", "surname"]],
     deterministic=[["soc_sec_id", "date_of_birth"]],
     recall=0.7,

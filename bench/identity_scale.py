@@ -11,9 +11,14 @@ blocking rules still produce candidate pairs that must be scored and
 rejected. The records are imported into a fresh embedded data directory
 (``tessera.imports``, not part of the timing), then ``tessera identity match``
 runs as its own process, exactly as a user runs it; the script prints its wall
-time (process start-up included) and the phases the command reports: load
-(profiles from the store), prior, u (random sampling), m (EM), predict,
-plan, merge (through the store), queue (review).
+time (process start-up included), its CPU time (user + system of the child
+process) and the phases the command reports: load (profiles from the store),
+prior, u (random sampling), m (EM), predict, plan, merge (through the store),
+queue (review).
+
+``--keep DIR`` keeps the imported data directory in DIR (made on the first
+run) and matches a fresh copy of it on later runs, so repeated measurements
+skip the import. ``--runs N`` matches N fresh copies one after the other.
 """
 
 from __future__ import annotations
@@ -24,11 +29,14 @@ import csv
 import json
 import os
 import random
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
@@ -82,41 +90,61 @@ def people(base: list[dict[str, str]], n: int) -> list[dict[str, str]]:
     return out
 
 
+def match(data: Path, tmp: Path) -> tuple[float, float, dict[str, Any]]:
+    """Run ``tessera identity match`` once over ``data``: wall s, CPU s, its report."""
+    config = tmp / "tessera.yaml"
+    config.write_text(yaml.safe_dump({
+        "sources": [{"name": "febrl", "write_key": "wk_febrl_bench"}],
+        "identity": {"identifiers": [{"type": "rec_id", "limit": 0, "priority": 5}]}}))
+    settings = tmp / "matching.yaml"
+    settings.write_text(yaml.safe_dump(FEBRL_SETTINGS.model_dump()))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "tessera"), "identity", "match", "--config",
+         str(config), "--data-dir", str(data), "--settings", str(settings)],
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "COLUMNS": "200"})
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, json.loads(done.stdout)
+
+
 def main(args: argparse.Namespace) -> None:
     os.environ.setdefault("TESSERA_SQLITE_SYNCHRONOUS", "NORMAL")
     base, _ = load("febrl4", None)
     records = people(base, args.records)
     with tempfile.TemporaryDirectory(prefix="tessera-match-") as name:
         tmp = Path(name)
-        data = tmp / "data"
-        imported = asyncio.run(prepare(data, records, tmp))
-        config = tmp / "tessera.yaml"
-        config.write_text(yaml.safe_dump({
-            "sources": [{"name": "febrl", "write_key": "wk_febrl_bench"}],
-            "identity": {"identifiers": [{"type": "rec_id", "limit": 0, "priority": 5}]}}))
-        settings = tmp / "matching.yaml"
-        settings.write_text(yaml.safe_dump(FEBRL_SETTINGS.model_dump()))
-        load_before = os.getloadavg()[0]
-        started = time.perf_counter()
-        done = subprocess.run(
-            [str(ROOT / ".venv" / "bin" / "tessera"), "identity", "match", "--config",
-             str(config), "--data-dir", str(data), "--settings", str(settings)],
-            capture_output=True, text=True, check=True,
-            env={**os.environ, "COLUMNS": "200"})
-        wall = time.perf_counter() - started
-    report = json.loads(done.stdout)
-    print(f"{len(records):,} records ({min(len(records), 10_000):,} FEBRL4, the rest "
-          f"recombined); "
-          f"import {imported:.1f} s; load average {load_before:.1f} before, "
-          f"{os.getloadavg()[0]:.1f} after, {os.cpu_count()} CPUs")
-    print(f"tessera identity match: {wall:.1f} s wall, end to end (target 60 s); "
-          f"{report['seconds']:.1f} s inside the command")
-    print("phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in report["phases"].items()))
-    print(f"profiles {report['profiles']:,}, candidates {report['candidates']:,}, "
-          f"merged {report['merged']:,}, queued {report['queued']:,}")
+        kept: Path | None = args.keep
+        imported = 0.0
+        if kept is None or not (kept / f"records-{args.records}").exists():
+            source = (kept or tmp) / f"records-{args.records}"
+            imported = asyncio.run(prepare(source, records, tmp))
+        else:
+            source = kept / f"records-{args.records}"
+        print(f"{len(records):,} records ({min(len(records), 10_000):,} FEBRL4, the rest "
+              f"recombined); import {imported:.1f} s"
+              f"{' (kept from an earlier run)' if not imported else ''}; {os.cpu_count()} CPUs")
+        for run in range(args.runs):
+            data = tmp / f"run-{run}"
+            shutil.copytree(source, data)
+            load_before = os.getloadavg()[0]
+            wall, cpu, report = match(data, tmp)
+            shutil.rmtree(data)
+            print(f"tessera identity match: {wall:.1f} s wall, end to end (target 60 s); "
+                  f"{cpu:.1f} s CPU; {report['seconds']:.1f} s inside the command; "
+                  f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
+            print("phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in report["phases"].items()))
+            print(f"profiles {report['profiles']:,}, candidates {report['candidates']:,}, "
+                  f"merged {report['merged']:,}, queued {report['queued']:,}", flush=True)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep the imported data here and reuse it on later runs")
+    parser.add_argument("--runs", type=int, default=1)
     main(parser.parse_args())

@@ -82,8 +82,12 @@ DEFAULT_SETTINGS = MatchSettings(
         "city": MatchColumn(trait="city", compare="fuzzy"),
         "phone_tail": MatchColumn(trait="phone", compare="id"),
     },
+    # name prefixes (typos) only together with a place or the year of birth: a bare
+    # prefix rule compares most of a large population with itself (see docs/batch.md)
     blocking=[["first_name", "last_name"], ["date_of_birth"], ["postcode", "last_name"],
-              ["substr(first_name,1,2)", "substr(last_name,1,2)"]],
+              ["substr(first_name,1,2)", "substr(last_name,1,2)", "postcode"],
+              ["substr(first_name,1,2)", "substr(last_name,1,2)", "substr(date_of_birth,1,4)"],
+              ["substr(first_name,1,2)", "substr(last_name,1,2)", "city"]],
     training=[["date_of_birth"], ["first_name", "last_name"]],
     deterministic=[["first_name", "last_name", "date_of_birth"]],
 )
@@ -99,44 +103,44 @@ def load_settings(path: str | Path | None) -> MatchSettings:
 # -- reading the profiles ----------------------------------------------------
 
 
-def load_profiles(store: Store, settings: MatchSettings, chunk: int = 5000
-                  ) -> tuple[list[dict[str, Any]], dict[str, set[Identifier]]]:
-    """One row per live profile with at least one matching column, and every profile's ids."""
-    ids = list(store.iter_profile_ids())
+def load_profiles(store: Store, settings: MatchSettings) -> list[dict[str, Any]]:
+    """One row per live profile with at least one matching column.
+
+    One bulk read of the wanted traits (:meth:`Store.trait_values`), not a transaction
+    and a :class:`Trait` per value: at 100,000 profiles the per-chunk reads took most
+    of the run's load phase. Identifiers are read later, only for the profiles a
+    candidate pair names (:meth:`Matcher.run`).
+    """
+    wanted = [(name, col.trait, name.endswith("_tail")) for name, col in settings.columns.items()]
+    traits = list(dict.fromkeys(trait for _, trait, _ in wanted))
     rows: list[dict[str, Any]] = []
-    identifiers: dict[str, set[Identifier]] = {}
-    wanted = [(name, col.trait, col.compare) for name, col in settings.columns.items()]
-    for start in range(0, len(ids), chunk):
-        part = ids[start:start + chunk]
-        with store.transaction() as tx:
-            traits = tx.traits(part)
-            idents = tx.identifiers_of(part)
-        for pid in part:
-            identifiers[pid] = set(idents.get(pid, ()))
-            row: dict[str, Any] = {UNIQUE_ID: pid}
-            have = traits.get(pid, {})
-            for name, trait, compare in wanted:
-                row[name] = _value(have.get(trait), compare, name)
-            if any(row[name] is not None for name, _, _ in wanted):
-                rows.append(row)
-    return rows, identifiers
+    for pid, values in store.trait_values(traits):
+        row: dict[str, Any] = {UNIQUE_ID: pid}
+        found = False
+        for name, trait, tail in wanted:
+            value = _clean(values.get(trait), tail)
+            row[name] = value
+            found = found or value is not None
+        if found:
+            rows.append(row)
+    return rows
 
 
 def compared_value(trait: Trait | None, column: str,
                    settings: MatchSettings = DEFAULT_SETTINGS) -> str | None:
     """The value matching compares in ``column`` (lower-cased; phone tails cut), so that a
     reviewer sees which fields of a candidate pair agree as the scoring saw them."""
-    spec = settings.columns[column]
-    return _value(trait, spec.compare, column)
+    if column not in settings.columns:
+        raise KeyError(f"no matching column {column!r}")
+    return _clean(None if trait is None else trait.value, column.endswith("_tail"))
 
 
-def _value(trait: Trait | None, compare: str, name: str) -> str | None:
-    if trait is None or trait.value is None or isinstance(trait.value, dict | list):
+def _clean(value: Any, tail: bool) -> str | None:
+    if value is None or isinstance(value, dict | list):
         return None
-    text = str(trait.value).strip().lower()
-    if name.endswith("_tail"):
-        digits = "".join(c for c in text if c.isdigit())
-        text = digits[-7:]
+    text = str(value).strip().lower()
+    if tail:
+        text = "".join(c for c in text if c.isdigit())[-7:]
     return text or None
 
 
@@ -297,7 +301,7 @@ class Matcher:
             ) -> MatchReport:
         started = time.monotonic()
         report = MatchReport()
-        rows, identifiers = load_profiles(self.store, self.settings)
+        rows = load_profiles(self.store, self.settings)
         report.phases["load"] = time.monotonic() - started
         report.profiles = len(rows)
         pairs = score_pairs(rows, self.settings, backend=backend, phases=report.phases)
@@ -316,6 +320,7 @@ class Matcher:
             report.merged, report.queued = len(auto), len(review)
         else:
             t = time.monotonic()
+            identifiers = self.identifiers_of({p for a, b, _ in auto for p in (a, b)})
             ops, refused = self.plan(auto, identifiers)
             report.phases["plan"], t = time.monotonic() - t, time.monotonic()
             report.skipped_limits = len(refused)
@@ -326,6 +331,11 @@ class Matcher:
             report.phases["queue"] = time.monotonic() - t
         report.seconds = time.monotonic() - started
         return report
+
+    def identifiers_of(self, profile_ids: Iterable[str]) -> dict[str, set[Identifier]]:
+        """The identifiers of these profiles now (those a merge plan needs, not everyone's)."""
+        with self.store.transaction() as tx:
+            return {p: set(i) for p, i in tx.identifiers_of(sorted(profile_ids)).items()}
 
     def _current_rejections(self) -> set[tuple[str, str]]:
         """Rejected pairs, each side followed through later merges to its profile now."""
@@ -421,8 +431,7 @@ class Matcher:
         if ra == rb:
             self.review.record(a, b, score, "merged", by, note="already one profile")
             return ra, rb
-        with self.store.transaction() as tx:
-            identifiers = {p: set(i) for p, i in tx.identifiers_of([ra, rb]).items()}
+        identifiers = self.identifiers_of([ra, rb])
         ops, refused = self.plan([(ra, rb, score)], identifiers)
         if refused or not ops:
             return None
