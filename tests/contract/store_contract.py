@@ -12,9 +12,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
-from tessera.store.base import NewProfile, Store, TimelineEntry, Trait
+from tessera.store.base import NewProfile, ProfileColumns, Store, TimelineEntry, Trait
 
 
 def pid() -> str:
@@ -377,6 +378,54 @@ class StoreContract:
         assert store.resolve("user_id:a") == a
         assert [e.event_uid for e in store.timeline(a, 10)] == ["ev-a"]
         assert store.timeline(a, 10)[0].event == {"id": "ev-a", "type": "page"}
+
+    @pytest.mark.parametrize("shape", ["same times", "own times", "odd values"])
+    def test_create_profile_columns_writes_what_create_profiles_writes(
+            self, store: Store, shape: str) -> None:
+        """Columns (the columnar import) give the same rows as :class:`NewProfile` objects:
+        one time for every row, a time per row, and values of every width and script."""
+        names = ["a", "b", "c"] if shape != "odd values" else ["ü", "", "long" * 40]
+        ids = [pid() for _ in names]
+        times = [5.0] * 3 if shape != "own times" else [5.0, 6.25, 1e-7]
+        docs = [{"id": f"ev-{n}", "data": {"traits": {"city": n}}} for n in names]
+        links = [(0, "email", f"{names[0]}@x.io"), (0, "user_id", "u0"),
+                 (2, "email", f"{names[2]}@x.io")]          # row 1 has no identifier
+        traits = [(0, "city", names[0], 3), (1, "city", names[1], 3), (1, "n", 1.5, 0),
+                  (2, "tags", ["x", {"y": None}], 3)]
+        columns = ProfileColumns(
+            source="crm", ids=ids, event_uids=[f"ev-{i}" for i in range(3)],
+            types=["t.a", "t.b", "t.c"], times=times, received_at=[9.0] * 3,
+            documents=[orjson.dumps(d) for d in docs],
+            link_rows=[r for r, _, _ in links], link_types=[t for _, t, _ in links],
+            link_values=[v for _, _, v in links], trait_rows=[r for r, *_ in traits],
+            trait_names=[n for _, n, _, _ in traits],
+            trait_values=[orjson.dumps(v) for _, _, v, _ in traits],
+            trait_priorities=[p for *_, p in traits])
+        expected = {
+            0: ({("email", f"{names[0]}@x.io"), ("user_id", "u0")},
+                {"city": Trait(names[0], "crm", times[0], 3, "ev-0")}),
+            1: (set(), {"city": Trait(names[1], "crm", times[1], 3, "ev-1"),
+                        "n": Trait(1.5, "crm", times[1], 0, "ev-1")}),
+            2: ({("email", f"{names[2]}@x.io")},
+                {"tags": Trait(["x", {"y": None}], "crm", times[2], 3, "ev-2")}),
+        }
+        with store.transaction() as tx:
+            tx.create_profile_columns(columns, 7.0)
+            tx.create_profile_columns(ProfileColumns("crm", *([] for _ in range(13))), 7.0)
+        for row, (idents, want_traits) in expected.items():
+            profile = store.get_profile(ids[row])
+            assert profile is not None
+            assert (profile.created_at, profile.updated_at, profile.event_count) == (7.0, 7.0, 1)
+            assert profile.traits == want_traits
+            assert {(i.type, i.value) for i in profile.identities} == idents
+            assert all((i.profile_id, i.event_uid, i.source, i.linked_at, i.reason)
+                       == (ids[row], f"ev-{row}", "crm", 7.0, "deterministic")
+                       for i in profile.identities)
+            [got] = store.timeline(ids[row], 10)
+            assert (got.event_uid, got.type, got.source, got.time, got.received_at,
+                    got.event) == (f"ev-{row}", f"t.{'abc'[row]}", "crm", times[row], 9.0,
+                                   docs[row])
+        assert store.resolve(f"email:{names[2]}@x.io") == ids[2]
 
     def test_lookup_of_a_whole_chunk(self, store: Store) -> None:
         """Many identifiers at once (the bulk import's one query per chunk) find the same."""
