@@ -48,5 +48,28 @@ def test_the_worker_process_maintains_segments_and_decisions(tmp_path: Path) -> 
         nba = httpx.get(f"{url}/v1/profiles/member_number:M-9/next-best-action",
                         params={"channel": "contact_center"}, headers=KEY).json()
         assert [a["action"] for a in nba["actions"]] == ["roadside_plus_upgrade"]
+
+        # an audience saved through the API reaches the running worker process, which
+        # fills it in for the existing member; deleting it makes the member exit
+        admin = {"Authorization": "Bearer ak_admin_123"}
+        saved = httpx.post(f"{url}/v1/audiences", headers=admin, timeout=10, json={
+            "name": "towed_twice", "rule": {"path": "computed.roadside_tows_12m", "gte": 2}})
+        assert saved.status_code == 201, saved.text
+        assert "towed_twice" in wait_for_segments(url, "towed_twice", True, server.log)
+        httpx.delete(f"{url}/v1/audiences/towed_twice", headers=admin, timeout=10)
+        assert "towed_twice" not in wait_for_segments(url, "towed_twice", False, server.log)
     finally:
         server.stop()
+
+
+def wait_for_segments(url: str, name: str, present: bool, log: Path,
+                      timeout: float = 5.0) -> list[str]:
+    """M-9's segments once ``name`` is among them (or no longer is), within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = httpx.get(f"{url}/v1/profiles/member_number:M-9/segments", headers=KEY)
+        segments = [s["segment"] for s in response.json()["segments"]]
+        if (name in segments) is present or time.monotonic() > deadline:
+            assert (name in segments) is present, log.read_text()[-3000:]
+            return segments
+        time.sleep(0.05)
