@@ -376,3 +376,34 @@ async def test_an_unmerge_recomputes_both_profiles_from_their_timelines(
         assert h.reads.computed_of(anonymous)["tows_12m"] == 2
         assert [s["segment"] for s in h.reads.segments_of(anonymous)] == ["frequent_tows"]
         assert h.reads.segments_of(member) == []
+
+
+@pytest.mark.parametrize("since", [None, 1_700_000_000.25])
+def test_segment_event_row_is_the_envelope_it_stands_for(since: float | None) -> None:
+    """The outbox row is built without an ``Event``; consumers decode it as one."""
+    from tessera.events import DERIVED_TOPIC
+    from tessera.events.envelope import Event, iso_time
+    from tessera.personalization.engine import ENTERED, EXITED, SOURCE, Cause
+
+    cause = Cause("evt-1", "event", "tow.completed", 1_700_000_100.5)
+    kind = EXITED if since is not None else ENTERED
+    topic, uid, key, payload = Personalizer.segment_event(kind, "frequent_tows", "p_1", cause,
+                                                          1_700_000_200.0, since=since)
+    event = Event.from_json(payload)
+    data: dict[str, Any] = {
+        "profile_id": "p_1", "segment": "frequent_tows", "reason": "event",
+        "at": iso_time(1_700_000_200.0),
+        "caused_by": {"uid": "evt-1", "type": "tow.completed", "received_at": 1_700_000_100.5},
+    }
+    if since is not None:
+        data["member_since"] = iso_time(since)
+    digest = hashlib.blake2b(f"evt-1\x1f{kind}\x1ffrequent_tows\x1fp_1".encode(),
+                             digest_size=16).hexdigest()
+    expected = Event(id=f"seg_{digest}", source=SOURCE, type=kind, time=1_700_000_200.0,
+                     received_at=1_700_000_200.0, source_name="tessera", data=data,
+                     identifiers=[("profile_id", "p_1")], subject="p_1",
+                     datacontenttype="application/json",
+                     extensions={"tesserasegment": "frequent_tows"}, uid=digest)
+    assert event == expected
+    assert payload == expected.to_json()
+    assert (topic, uid, key) == (DERIVED_TOPIC, expected.uid, expected.partition_key)
