@@ -109,8 +109,8 @@ def canonical(rt: Runtime) -> dict[str, Any]:
     return {"profiles": out, "counts": store.counts(), "outbox": sorted(outbox, key=str)}
 
 
-async def imported(tmp_path: Path, name: str, url: str | None, file: Path, bulk: bool
-                   ) -> tuple[dict[str, Any], list[Any], int]:
+async def imported(tmp_path: Path, name: str, url: str | None, file: Path, bulk: bool,
+                   columnar: bool = False) -> tuple[dict[str, Any], list[Any], int]:
     rt = Runtime(CONFIG, tmp_path / name, store_url=url)
     await rt.start()
     try:
@@ -118,13 +118,16 @@ async def imported(tmp_path: Path, name: str, url: str | None, file: Path, bulk:
         job = ImportJob(path=file, source="crm", mapping=parse_mapping(MAPPING),
                         store=rt.store, processor=rt.processor, extractor=rt.extractor,
                         bus=rt.bus, work_dir=rt.data_dir / "imports", batch_size=4,
-                        log_events=False, bulk=bulk)
+                        log_events=False, bulk=bulk, columnar=columnar)
+        assert (job.columnar is not None) == columnar
         first = await job.run()
         again = await ImportJob(path=file, source="crm", mapping=parse_mapping(MAPPING),
                                 store=rt.store, processor=rt.processor, extractor=rt.extractor,
                                 bus=rt.bus, work_dir=rt.data_dir / "imports", batch_size=4,
-                                log_events=False, bulk=bulk, restart=True).run()
-        made = job.bulk.created if job.bulk is not None else 0
+                                log_events=False, bulk=bulk, columnar=columnar,
+                                restart=True).run()
+        made = (job.columnar.created if job.columnar is not None
+                else job.bulk.created if job.bulk is not None else 0)
         summaries = [(s.rows, s.imported, s.duplicates, s.rejected, s.profiles_created, s.merges)
                      for s in (first, again)]
         return canonical(rt), summaries, made
@@ -132,12 +135,15 @@ async def imported(tmp_path: Path, name: str, url: str | None, file: Path, bulk:
         await rt.close()
 
 
+@pytest.mark.parametrize("columnar", [False, True], ids=["bulk", "columnar"])
 async def test_bulk_and_per_event_imports_give_the_same_store(
-        tmp_path: Path, store_url: str | None) -> None:
+        tmp_path: Path, store_url: str | None, columnar: bool) -> None:
+    """The bulk path (events) and the columnar path (columns from the file to the store)
+    against the per-event path."""
     file = write_csv(tmp_path / "people.csv",
                      [[*row, str(1_700_000_000 + n)] for n, row in enumerate(ROWS)], HEADER)
     urls = store_url.split("|") if store_url else [None, None]
-    bulk, bulk_summaries, made = await imported(tmp_path, "bulk", urls[0], file, True)
+    bulk, bulk_summaries, made = await imported(tmp_path, "bulk", urls[0], file, True, columnar)
     single, single_summaries, _ = await imported(tmp_path, "single", urls[1], file, False)
     assert made == 6                     # rows 1, 7, 12, 13, 14 and 16 took the bulk path
     assert bulk_summaries == single_summaries

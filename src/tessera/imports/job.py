@@ -35,11 +35,23 @@ import orjson
 from tessera.bus.base import Bus, Message
 from tessera.events import EVENTS_TOPIC
 from tessera.events.envelope import Event
-from tessera.identity.extract import IdentifierExtractor, get_path
+from tessera.identity.extract import Identifier, IdentifierExtractor, get_path
 from tessera.imports.bulk import BulkApplier
+from tessera.imports.columnar import Chunk, ColumnarApplier, Rows
 from tessera.imports.mapping import ImportMapping
-from tessera.imports.readers import Format, Position, ReaderError, Record, detect_format, read
-from tessera.processing.profiles import ProfileProcessor
+from tessera.imports.readers import (
+    Block,
+    Format,
+    Position,
+    ReaderError,
+    Record,
+    csv_header,
+    detect_format,
+    read,
+    read_csv_blocks,
+)
+from tessera.processing.profiles import BatchResult, ProfileProcessor
+from tessera.profiles.traits import MAX_TRAITS_PER_EVENT
 from tessera.store.base import Store
 
 Mode = Literal["direct", "bus"]
@@ -125,6 +137,7 @@ class ImportJob:
         restart: bool = False,
         log_events: bool = True,
         bulk: bool = True,
+        columnar: bool = True,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
@@ -160,6 +173,16 @@ class ImportJob:
         ]
         self._traits = list(mapping.traits.items())
         self._props = list(mapping.properties.items())
+        self.columnar: ColumnarApplier | None = None
+        """Profile rows of plain CSV kept as columns to the store (:mod:`.columnar`)."""
+        if (columnar and bulk and mode == "direct" and not self.log_events
+                and self.format == "csv" and mapping.kind == "profiles"
+                and not mapping.id_column and len(mapping.traits) <= MAX_TRAITS_PER_EVENT
+                # configured trait mappings would read more traits out of these events
+                and not processor.traits._mappings_for(PROFILE_EVENT_TYPE)):
+            self.columnar = ColumnarApplier(processor, source, IMPORT_SOURCE,
+                                            f"{self.import_id}:", PROFILE_EVENT_TYPE,
+                                            self._profile_event)
 
     # -- checkpoint ----------------------------------------------------------
 
@@ -266,6 +289,105 @@ class ImportJob:
             datacontenttype="application/json",
         )
 
+    def _profile_event(self, line: int, idents: list[Identifier], traits: dict[str, Any],
+                       when: float, now: float) -> Event:
+        """The event :meth:`to_event` makes of a ``kind: profiles`` row (no ``id_column``)."""
+        return Event(
+            id=f"{self.import_id}:{line}",
+            source=IMPORT_SOURCE,
+            type=PROFILE_EVENT_TYPE,
+            time=when,
+            received_at=now,
+            source_name=self.source,
+            data={"traits": traits, "identifiers": {t: v for t, v in idents}},
+            identifiers=self.extractor.sort(idents),
+            datacontenttype="application/json",
+        )
+
+    def _map_block(self, block: Block, chunk: Chunk, event_time: float,
+                   rejected: list[tuple[int, str, Any]]) -> None:
+        """Map a block's rows into ``chunk``: column-wise where the row path's calls
+        succeed, else through :meth:`to_event` (its event or its reject reason)."""
+        if block.records is not None:
+            for record in block.records:
+                self._map_record(record, chunk, event_time, rejected)
+            return
+        assert block.columns is not None
+        cols = block.columns
+        rows = chunk.rows
+        normalize = self.extractor.normalize
+        convert = self.mapping.convert
+        parse_time = self.mapping.parse_time
+        ident_cols = [(t, [cols[c] for c in columns]) for t, columns in self._idents]
+        trait_cols = [(name, cols[c]) for name, c in self._traits]
+        json_traits = {n for n, kind in self.mapping.types.items() if kind == "json"}
+        time_col = cols[self.mapping.time_column] if self.mapping.time_column else None
+        parsed: dict[str, float] = {}
+        for i in range(block.rows):
+            line = block.first_line + i
+            idents: list[Identifier] = []
+            for type_, columns in ident_cols:
+                for col in columns:
+                    raw = col[i]
+                    if raw:
+                        value = normalize(type_, raw)
+                        if value is not None and (type_, value) not in idents:
+                            idents.append((type_, value))
+            traits: dict[str, Any] = {}
+            when = event_time
+            try:
+                if not idents:
+                    raise ValueError
+                for name, col in trait_cols:
+                    if name in json_traits and "\\u0000" in col[i]:
+                        raise ValueError  # the trait extractor would strip the NUL
+                    value = convert(name, col[i])
+                    if value is not None:
+                        traits[name] = value
+                if time_col is not None and time_col[i] != "":
+                    raw_time = time_col[i]
+                    found = parsed.get(raw_time)
+                    if found is None:
+                        found = parsed[raw_time] = parse_time(raw_time)
+                    when = found
+            except ValueError:  # the row path says why (or makes its event)
+                row = block.table.slice(i, 1).to_pylist()[0]
+                self._map_record(Record(line, row), chunk, event_time, rejected)
+                continue
+            chunk.order.append((line, len(rows.lines)))
+            rows.lines.append(line)
+            rows.identifiers.append(idents)
+            rows.traits.append(traits)
+            rows.times.append(when)
+
+    def _map_record(self, record: Record, chunk: Chunk, event_time: float,
+                    rejected: list[tuple[int, str, Any]]) -> None:
+        if record.row is None:
+            rejected.append((record.line, record.error or "unreadable", record.raw))
+            return
+        made = self.to_event(record, event_time, chunk.received_at)
+        if isinstance(made, str):
+            rejected.append((record.line, made, record.row))
+        else:
+            chunk.order.append((record.line, -1 - len(chunk.events)))
+            chunk.events.append(made)
+
+    def _next_chunk(self, blocks: Any, event_time: float
+                    ) -> tuple[Chunk, list[tuple[int, str, Any]], Position | None]:
+        chunk = Chunk(Rows(), [], time.time())
+        rejected: list[tuple[int, str, Any]] = []
+        for block in blocks:
+            self._map_block(block, chunk, event_time, rejected)
+            return chunk, rejected, block.end
+        return chunk, rejected, None
+
+    def _check_header(self, header: list[str]) -> None:
+        missing = sorted(c for c in self.mapping.columns() if c not in set(header))
+        if missing:
+            raise ImportError_(
+                f"{self.path.name}: the mapping names columns the file does not have: "
+                f"{', '.join(missing)}")
+
     def _check_columns(self, first: Record | None) -> None:
         """Fail fast when a mapped column is missing from a CSV header or Parquet schema."""
         if self.format == "parquet":
@@ -309,29 +431,49 @@ class ImportJob:
         elapsed_before = summary.seconds
         total = await asyncio.to_thread(self.total)
         try:
-            records = read(self.path, self.format, start)
+            if self.columnar is not None:
+                delimiter = "\t" if self.path.suffix.lower() == ".tsv" else ","
+                header, _ = await asyncio.to_thread(csv_header, self.path, delimiter)
+                records: Any = read_csv_blocks(
+                    self.path, start, self.batch_size,
+                    sorted(c for c in self.mapping.columns() if c in header), delimiter)
+            else:
+                records = read(self.path, self.format, start)
         except ReaderError as exc:
             raise ImportError_(str(exc)) from None
         checked = False
         rejects = open(self.rejects_path, "ab")  # noqa: SIM115 - closed below
         try:
             for _ in range(total + 2):  # each round consumes at least one record
+                if not checked and self.columnar is not None:
+                    self._check_header(header)
+                    checked = True
                 try:
-                    batch, rejected, pos, first = await asyncio.to_thread(
-                        self._next_batch, records, summary.event_time)
+                    if self.columnar is not None:
+                        chunk, rejected, pos = await asyncio.to_thread(
+                            self._next_chunk, records, summary.event_time)
+                        count = len(chunk.rows.lines) + len(chunk.events)
+                        first = None
+                    else:
+                        batch, rejected, pos, first = await asyncio.to_thread(
+                            self._next_batch, records, summary.event_time)
+                        count = len(batch)
                 except ReaderError as exc:
                     raise ImportError_(str(exc)) from None
                 if not checked:
                     await asyncio.to_thread(self._check_columns, first)
                     checked = True
-                if not batch and not rejected and pos is None:
+                if not count and not rejected and pos is None:
                     break
-                await self._apply(batch, summary)
+                if self.columnar is not None:
+                    self._count(summary, await asyncio.to_thread(self.columnar.apply, chunk))
+                else:
+                    await self._apply(batch, summary)
                 for line, reason, raw in rejected:
                     rejects.write(orjson.dumps({"line": line, "reason": reason, "record": raw})
                                   + b"\n")
                 rejects.flush()
-                summary.rows += len(batch) + len(rejected)
+                summary.rows += count + len(rejected)
                 summary.rejected += len(rejected)
                 if pos is not None:
                     summary.position = {"offset": pos.offset, "line": pos.line}
@@ -374,6 +516,13 @@ class ImportJob:
             if len(batch) + len(rejected) >= self.batch_size:
                 break
         return batch, rejected, pos, first
+
+    @staticmethod
+    def _count(summary: ImportSummary, result: BatchResult) -> None:
+        summary.imported += result.applied
+        summary.duplicates += result.duplicates
+        summary.profiles_created += result.profiles_created
+        summary.merges += result.merges
 
     async def _apply(self, batch: list[Event], summary: ImportSummary) -> None:
         if not batch:

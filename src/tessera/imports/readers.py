@@ -200,3 +200,130 @@ def _read_parquet(path: Path, start: Position) -> Iterator[tuple[Record, Positio
                 yield Record(row_no, row), Position(row_no, row_no)
     finally:
         pf.close()
+
+
+# -- CSV in column blocks (the columnar import path) ------------------------------------
+
+
+@dataclass(slots=True)
+class Block:
+    """A run of consecutive CSV records: as columns when every line of it is one plain
+    record, else as the records the row reader yields (same lines, same rejects)."""
+
+    end: Position
+    """The position after the block's last record."""
+    first_line: int = 0
+    rows: int = 0
+    columns: dict[str, list[str]] | None = None
+    """Column -> the values of its ``rows`` records, lines ``first_line`` onwards."""
+    table: Any = None
+    """The block's every column (a pyarrow table), for the whole record of a reject."""
+    records: list[Record] | None = None
+
+
+def csv_header(path: Path, delimiter: str) -> tuple[list[str], Position]:
+    """The header as :func:`read` sees it, and the position after it."""
+    for _ in read(path, "csv", Position(), delimiter):
+        break
+    with open(path, "rb") as fh:  # the header's own end: parse it again, counting bytes
+        state = [0, 0]
+
+        def lines() -> Iterator[str]:
+            for raw in fh:
+                state[0] += len(raw)
+                state[1] += 1
+                yield raw.decode("utf-8", "replace")
+
+        try:
+            header = next(csv.reader(lines(), delimiter=delimiter, strict=True))
+        except (StopIteration, csv.Error) as exc:
+            raise ReaderError(f"{path.name}: unreadable header: {exc}") from None
+    if header and header[0].startswith("\ufeff"):
+        header[0] = header[0][1:]
+    return [h.strip() for h in header], Position(state[0], state[1])
+
+
+def read_csv_blocks(path: Path, start: Position, rows: int, columns: list[str],
+                    delimiter: str | None = None) -> Iterator[Block]:
+    """The CSV file from ``start`` in blocks of up to ``rows`` records.
+
+    A block whose bytes hold no quote, carriage return, NUL, blank line or invalid
+    UTF-8, and whose every line has the header's number of fields, is parsed by
+    pyarrow into the wanted ``columns`` (C++, no object per row): there each line is
+    exactly one record, so line numbers and byte offsets are the row reader's. Any
+    other block is read by the row reader of :func:`read`, record by record, with its
+    rejects; both kinds resume at a byte offset. Memory stays one block whatever the
+    file's size.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    delim = delimiter or ("\t" if path.suffix.lower() == ".tsv" else ",")
+    header, after = csv_header(path, delim)
+    width = len(header)
+    offset, line = (start.offset, start.line) if start.offset > after.offset else (
+        after.offset, after.line)
+    parse = pacsv.ParseOptions(delimiter=delim, quote_char=False, double_quote=False,
+                               escape_char=False, newlines_in_values=False,
+                               ignore_empty_lines=False)
+    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in header},
+                                   strings_can_be_null=False, quoted_strings_can_be_null=False)
+    size = path.stat().st_size
+    guess = 256  # bytes per record, corrected by every block
+    with open(path, "rb") as fh:
+        while offset < size:
+            fh.seek(offset)
+            data = fh.read(max(1 << 16, rows * guess * 2))
+            ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+            if len(ends) >= rows:
+                data = data[:int(ends[rows - 1]) + 1]
+            elif offset + len(data) < size:
+                # a record longer than the whole read goes to the row reader (data empty)
+                data = data[:int(ends[-1]) + 1] if len(ends) else b""
+            count = data.count(b"\n") + (0 if data.endswith(b"\n") else 1) if data else 0
+            table = _plain_block(data, count, width, delim, header, parse, convert)
+            if table is not None:
+                guess = max(16, len(data) // max(1, count))
+                yield Block(Position(offset + len(data), line + count), line + 1, count,
+                            {c: table.column(c).to_pylist() for c in columns}, table)
+                offset += len(data)
+                line += count
+                continue
+            records: list[Record] = []
+            stop = offset + max(len(data), 1)
+            pos = Position(offset, line)
+            for record, pos in read(path, "csv", Position(offset, line), delim):
+                records.append(record)
+                if pos.offset >= stop or len(records) >= rows:
+                    break
+            if pos.offset <= offset:
+                return  # nothing more to read
+            yield Block(pos, line + 1, len(records), records=records)
+            offset, line = pos.offset, pos.line
+
+
+def _plain_block(data: bytes, count: int, width: int, delim: str, header: list[str],
+                 parse: Any, convert: Any) -> Any:
+    """The block as a pyarrow table, or None when the row reader must read it."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    if not data or data.startswith((b"\n", b"\r\n")) or any(
+            bad in data for bad in (b'"', b"\x00", b"\n\n", b"\n\r\n", b"\xef\xbf\xbd")):
+        return None
+    if data.count(b"\r") != data.count(b"\r\n"):  # \r\n ends a line as \n does; a lone \r
+        return None                               # is the row reader's to judge
+    if data.count(delim.encode()) != count * (width - 1):
+        return None
+    try:
+        data.decode("utf-8")
+        table = pacsv.read_csv(io.BytesIO(data),
+                               read_options=pacsv.ReadOptions(column_names=header,
+                                                              block_size=len(data) + 1),
+                               parse_options=parse, convert_options=convert)
+    except (UnicodeDecodeError, pa.ArrowInvalid):
+        return None
+    return table if table.num_rows == count else None
