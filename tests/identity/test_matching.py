@@ -219,3 +219,45 @@ async def test_splink_matching_on_a_febrl_sample(
     profile = runtime.store.get_profile(cluster[rows[0]["rec_id"]])
     assert profile is not None
     assert profile.merged_from[0].reason.startswith("probabilistic, score ")
+
+
+async def test_chained_merges_in_one_chunk_combine_every_side(
+        runtime: Runtime, review: ReviewStore, tmp_path: Path) -> None:
+    """A merged into B, then B into C, in one transaction: C ends with the survivors of all
+    three, each merge keeps its own score and decision, and the merged sides keep no traits."""
+    await import_rows(runtime, tmp_path, [
+        {"email": "a@example.com", "first_name": "Ann", "city": "Oslo", "tier": "gold"},
+        {"email": "b@example.com", "first_name": "Anne", "city": "", "tier": ""},
+        {"email": "c@example.com", "first_name": "", "city": "Bergen", "tier": ""},
+    ], {"email": "email"}, ["first_name", "city", "tier"], "three")
+    a, b, c = (pid(runtime, f"email:{x}@example.com") for x in "abc")
+    with runtime.store.transaction() as tx:
+        before = tx.traits([a, b, c])
+    matcher = Matcher(CONFIG, runtime.store, review, SETTINGS)
+    ops = [(b, a, 0.99), (c, b, 0.98)]
+    idents = matcher.identifiers_of([a, b, c])
+    assert matcher.merge(ops, idents) == ops
+    expected = matcher.survivorship.combine([before[a], before[b], before[c]])
+    assert expected["tier"].value == "gold"  # only a has it: it must travel through b
+    for x in (a, b, c):
+        assert runtime.store.resolve(x) == c
+    profile = runtime.store.get_profile(c)
+    assert profile is not None
+    assert {n: (t.value, t.event_uid) for n, t in profile.traits.items()} == {
+        n: (t.value, t.event_uid) for n, t in expected.items()}
+    assert sorted((m.merged, m.reason) for m in profile.merged_from) == sorted(
+        [(a, "probabilistic, score 0.9900"), (b, "probabilistic, score 0.9800")])
+    assert profile.event_count == 3
+    with runtime.store.transaction() as tx:
+        assert tx.traits([a, b]) == {a: {}, b: {}}
+    assert review.get(b, a).state == review.get(c, b).state == "merged"  # type: ignore[union-attr]
+
+    def held(into: str, merged: str) -> list[tuple[str, str]]:
+        low, high = review.identifiers(into, merged)  # in the pair's sorted order
+        return sorted(high if merged > into else low)
+
+    assert held(b, a) == [("email", "a@example.com")]
+    # what b held when it was merged into c: its own link and a's
+    assert held(c, b) == [("email", "a@example.com"), ("email", "b@example.com")]
+    merged = [m for m in runtime.store.pending_outbox(100) if b"identity.merged" in m.payload]
+    assert len(merged) == 2

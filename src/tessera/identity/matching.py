@@ -384,19 +384,30 @@ class Matcher:
         return ops, refused
 
     def merge(self, ops: Sequence[tuple[str, str, float]],
-              identifiers: dict[str, set[Identifier]], by: str = "auto", chunk: int = 500
+              identifiers: dict[str, set[Identifier]], by: str = "auto", chunk: int = 2000
               ) -> list[tuple[str, str, float]]:
-        """Apply planned merges through the store, each with its score as the reason."""
+        """Apply planned merges through the store, each with its score as the reason.
+
+        A transaction per ``chunk`` merges, read and written like the profiles
+        processor's batches: the traits of every profile of the chunk in one read,
+        survivorship in memory (a profile merged into one that is merged later in the
+        same chunk passes its survivors on), then one delete of the merged profiles'
+        traits and one write of each surviving profile's changed ones. Per merge only
+        :meth:`StoreTx.merge` itself remains, with its own decision id and reason.
+        """
         done: list[tuple[str, str, float]] = []
-        decisions: list[Any] = []
         for start in range(0, len(ops), chunk):
             part = ops[start:start + chunk]
+            decisions: list[Any] = []
             now = time.time()
             with self.store.transaction() as tx:
                 pids = sorted({p for op in part for p in op[:2]})
                 tx.lock_identifiers(sorted({i for p in pids for i in identifiers.get(p, ())}))
                 tx.lock_profiles(pids)
                 current = {p: set(ids) for p, ids in tx.identifiers_of(pids).items()}
+                before = tx.traits(pids)
+                traits = dict(before)
+                gone: list[str] = []
                 derived: list[Event] = []
                 for into, merged, score in part:
                     if not current.get(into) or not current.get(merged):
@@ -404,23 +415,26 @@ class Matcher:
                     if not self.fits(current[into] | current[merged]):
                         continue
                     uid = decision_uid(into, merged)
-                    traits = tx.traits([into, merged])
-                    combined = self.survivorship.combine([traits[into], traits[merged]])
-                    tx.merge(into, [merged], uid, now, reason_for(score))
-                    tx.delete_traits([merged])
-                    changed = {n: t for n, t in combined.items() if traits[into].get(n) is not t}
-                    if changed:
-                        tx.put_traits(into, changed)
-                    derived.append(merged_event(uid, into, [merged], reason_for(score), now))
+                    reason = reason_for(score)
+                    tx.merge(into, [merged], uid, now, reason)
+                    traits[into] = self.survivorship.combine([traits[into], traits.pop(merged)])
+                    gone.append(merged)
+                    derived.append(merged_event(uid, into, [merged], reason, now))
                     done.append((into, merged, score))
                     decisions.append((into, merged, score, "merged", by, None,
                                       sorted(current[into]), sorted(current[merged])))
                     current[into] |= current.pop(merged)
+                if gone:
+                    tx.delete_traits(gone)
+                for pid, combined in traits.items():
+                    old = before[pid]
+                    changed = {n: t for n, t in combined.items() if old.get(n) is not t}
+                    if changed:
+                        tx.put_traits(pid, changed)
                 if derived:
                     tx.add_outbox([(DERIVED_TOPIC, d.uid, d.partition_key, d.to_json())
                                    for d in derived])
             self.review.record_many(decisions)
-            decisions.clear()
         return done
 
     def accept(self, a: str, b: str, by: str = "reviewer") -> tuple[str, str] | None:
