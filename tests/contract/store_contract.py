@@ -427,6 +427,20 @@ class StoreContract:
                                    docs[row])
         assert store.resolve(f"email:{names[2]}@x.io") == ids[2]
 
+    def test_many_applied_marks_and_outbox_messages_at_once(self, store: Store) -> None:
+        """A chunk's worth (SQLite writes these from packed columns) reads back the same,
+        the outbox in the order given."""
+        uids = [f"ev-{i}" for i in range(300)] + ["ünï-\u00e9", "x" * 70]
+        messages = [("derived", f"m{i}", f"profile_id:p{i % 7}", b'{"n": %d}' % i + b"." * i)
+                    for i in range(299, -1, -1)]
+        with store.transaction() as tx:
+            tx.mark_applied(uids, 3.0)
+            tx.add_outbox(messages)
+        with store.transaction() as tx:
+            assert tx.applied([*uids, "ev-300"]) == set(uids)
+        pending = store.pending_outbox(1000)
+        assert [(m.topic, m.message_id, m.key, m.payload) for m in pending] == messages
+
     def test_lookup_of_a_whole_chunk(self, store: Store) -> None:
         """Many identifiers at once (the bulk import's one query per chunk) find the same."""
         owners = {("email", f"u{i}@x.io"): pid() for i in range(0, 1200, 2)}

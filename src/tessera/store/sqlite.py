@@ -106,6 +106,10 @@ def _chunks(items: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
+PACKED_ROWS = 256
+"""From this many rows on, a bulk write goes through :class:`_Packed`."""
+
+
 class _Packed:
     """Columns of a bulk insert packed into a few BLOB parameters.
 
@@ -130,17 +134,25 @@ class _Packed:
 
     def text(self, values: Sequence[str] | Sequence[bytes], blob: bool = False) -> str:
         try:
-            enc = [v.encode() if isinstance(v, str) else v for v in values]
-        except UnicodeEncodeError:  # a lone surrogate: let executemany refuse it as usual
+            if values and isinstance(values[0], str):
+                joined = "".join(values).encode()  # type: ignore[arg-type]
+                if len(joined) == sum(lens := list(map(len, values))):  # ASCII: chars = bytes
+                    data = joined
+                else:
+                    enc = [v.encode() for v in values]  # type: ignore[union-attr]
+                    data, lens = b"".join(enc), list(map(len, enc))
+            else:
+                data = b"".join(values)  # type: ignore[arg-type]
+                lens = list(map(len, values))
+        except (UnicodeEncodeError, TypeError):  # a lone surrogate, a mix: executemany's
             self.usable = False
             return "NULL"
-        name = self.const(b"".join(enc))
+        name = self.const(data)
         cast = "{}" if blob else "CAST({} AS TEXT)"
-        widths = set(map(len, enc))
-        if len(widths) == 1:
-            w = widths.pop()
+        if lens and min(lens) == max(lens):
+            w = lens[0]
             return cast.format(f"substr({name}, i*{w}+1, {w})")
-        ends = list(accumulate(map(len, enc)))
+        ends = list(accumulate(lens))
         digits = len(str(ends[-1]))
         offsets = self.const((f"%0{digits}d" * (len(ends) + 1) % (0, *ends)).encode())
         start = f"CAST(substr({offsets}, i*{digits}+1, {digits}) AS INTEGER)"
@@ -157,11 +169,12 @@ class _Packed:
         return "NULL"
 
     def insert(self, conn: sqlite3.Connection, head: str, exprs: list[str], rows: int,
-               order: str) -> None:
+               order: str = "") -> None:
+        """Rows in the given order, else in the order of the lists."""
         self.params["rows"] = rows
         conn.execute(f"{head} SELECT {', '.join(exprs)} FROM (WITH RECURSIVE n(i) AS "
                      f"(SELECT 0 UNION ALL SELECT i+1 FROM n WHERE i+1 < :rows) SELECT i FROM n)"
-                     f" ORDER BY {order}", self.params)
+                     + (f" ORDER BY {order}" if order else ""), self.params)
 
 
 class SQLiteTx(StoreTx):
@@ -181,6 +194,13 @@ class SQLiteTx(StoreTx):
         return found
 
     def mark_applied(self, event_uids: Sequence[str], at: float) -> None:
+        if len(event_uids) >= PACKED_ROWS:
+            p = _Packed()
+            exprs = [f"{p.text(event_uids)} AS u", p.const(at)]
+            if p.usable:
+                p.insert(self.conn, "INSERT INTO applied (event_uid, at)", exprs,
+                         len(event_uids), "u")
+                return
         self.conn.executemany(
             "INSERT INTO applied (event_uid, at) VALUES (?, ?)", [(uid, at) for uid in event_uids]
         )
@@ -340,9 +360,10 @@ class SQLiteTx(StoreTx):
              p.entry.received_at, orjson.dumps(p.entry.event)) for p in profiles])
 
     def create_profile_columns(self, columns: ProfileColumns, at: float) -> None:
-        """One ``INSERT ... SELECT`` per table from packed columns (:class:`_Packed`), each
-        sorted by the table's key so that the B-trees fill in order; where a column
-        cannot be packed, :meth:`create_profiles`."""
+        """One ``INSERT ... SELECT`` per table from packed columns (:class:`_Packed`); links
+        sorted by identifier so that their B-tree fills page by page, the rest in the order
+        given (callers that create many pass rising profile ids); where a column cannot be
+        packed, :meth:`create_profiles`."""
         c = columns
         n = len(c.ids)
         if not n:
@@ -350,7 +371,7 @@ class SQLiteTx(StoreTx):
         tables: list[tuple[_Packed, str, list[str], int, str]] = []
         p = _Packed()
         tables.append((p, "INSERT INTO profiles (id, created_at, updated_at, event_count)",
-                       [f"{p.text(c.ids)} AS k", p.const(at), p.const(at), "1"], n, "k"))
+                       [p.text(c.ids), p.const(at), p.const(at), "1"], n, ""))
         if c.link_rows:
             p = _Packed()
             ids, uids = c.ids, c.event_uids
@@ -365,17 +386,17 @@ class SQLiteTx(StoreTx):
             rows = c.trait_rows
             tables.append((p, "INSERT OR REPLACE INTO traits (profile_id, name, value, source, "
                            "time, priority, event_uid)",
-                           [f"{p.text([c.ids[r] for r in rows])} AS k",
-                            f"{p.text(c.trait_names)} AS nm", p.text(c.trait_values, blob=True),
+                           [p.text([c.ids[r] for r in rows]),
+                            p.text(c.trait_names), p.text(c.trait_values, blob=True),
                             p.const(c.source), p.number([c.times[r] for r in rows]),
                             p.number(c.trait_priorities),
-                            p.text([c.event_uids[r] for r in rows])], len(rows), "k, nm"))
+                            p.text([c.event_uids[r] for r in rows])], len(rows), ""))
         p = _Packed()
         tables.append((p, "INSERT OR IGNORE INTO timeline (profile_id, time, event_uid, type, "
                        "source, received_at, event)",
-                       [f"{p.text(c.ids)} AS k", p.number(c.times),
-                        f"{p.text(c.event_uids)} AS u", p.text(c.types), p.const(c.source),
-                        p.number(c.received_at), p.text(c.documents, blob=True)], n, "k, u"))
+                       [p.text(c.ids), p.number(c.times),
+                        p.text(c.event_uids), p.text(c.types), p.const(c.source),
+                        p.number(c.received_at), p.text(c.documents, blob=True)], n, ""))
         if not all(t[0].usable for t in tables):
             super().create_profile_columns(columns, at)  # NewProfile objects, executemany
             return
@@ -383,6 +404,14 @@ class SQLiteTx(StoreTx):
             packed.insert(self.conn, head, exprs, rows_, order)
 
     def add_outbox(self, messages: Sequence[tuple[str, str, str, bytes]]) -> None:
+        if len(messages) >= PACKED_ROWS:
+            p = _Packed()
+            topics, ids, keys, payloads = (list(c) for c in zip(*messages, strict=True))
+            exprs = [p.text(topics), p.text(ids), p.text(keys), p.text(payloads, blob=True)]
+            if p.usable:  # in the order given: the outbox id is the relay's order
+                p.insert(self.conn, "INSERT INTO outbox (topic, message_id, key, payload)",
+                         exprs, len(messages))
+                return
         self.conn.executemany(
             "INSERT INTO outbox (topic, message_id, key, payload) VALUES (?, ?, ?, ?)", messages
         )
