@@ -395,11 +395,11 @@ class StoreContract:
         columns = ProfileColumns(
             source="crm", ids=ids, event_uids=[f"ev-{i}" for i in range(3)],
             types=["t.a", "t.b", "t.c"], times=times, received_at=[9.0] * 3,
-            documents=[orjson.dumps(d) for d in docs],
+            documents=[orjson.dumps(d).decode() for d in docs],
             link_rows=[r for r, _, _ in links], link_types=[t for _, t, _ in links],
             link_values=[v for _, _, v in links], trait_rows=[r for r, *_ in traits],
             trait_names=[n for _, n, _, _ in traits],
-            trait_values=[orjson.dumps(v) for _, _, v, _ in traits],
+            trait_values=[orjson.dumps(v).decode() for _, _, v, _ in traits],
             trait_priorities=[p for *_, p in traits])
         expected = {
             0: ({("email", f"{names[0]}@x.io"), ("user_id", "u0")},

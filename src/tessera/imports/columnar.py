@@ -208,9 +208,9 @@ class ColumnarApplier:
         link_values: list[str] = []
         trait_rows: list[int] = []
         trait_names: list[str] = []
-        trait_values: list[bytes] = []
+        trait_values: list[str] = []
         trait_prios: list[int] = []
-        documents: list[bytes] = []
+        documents: list[str] = []
         outbox: list[tuple[str, str, str, bytes]] = []
         blake = hashlib.blake2b
         for r, i in enumerate(clean):
@@ -231,13 +231,13 @@ class ColumnarApplier:
                     prio = prios[name] = priority(name, source)
                 trait_rows.append(r)
                 trait_names.append(name)
-                trait_values.append(dumps(value))
+                trait_values.append(dumps(value).decode())  # see ProfileColumns
                 trait_prios.append(prio)
-            documents.append(dumps({
+            documents.append(dumps({  # decoded: see ProfileColumns
                 "specversion": "1.0", "id": event_id, "source": self.import_source,
                 "type": etype, "time": iso, "datacontenttype": "application/json",
                 "data": {"traits": traits, "identifiers": dict(idents)},
-                "tesserasource": source, "tesserareceivedat": received}))
+                "tesserasource": source, "tesserareceivedat": received}).decode())
             if traits:
                 # ProfileProcessor._updated_event, serialized as orjson serializes an Event
                 updated_id = f"{uid}:profile.updated"
@@ -252,7 +252,8 @@ class ColumnarApplier:
                                            "uid": uid, "type": etype}},
                     "identifiers": [["profile_id", pid]], "subject": pid,
                     "datacontenttype": "application/json", "dataschema": None,
-                    "extensions": {}, "specversion": "1.0", "uid": updated_uid})))
+                    "extensions": {}, "specversion": "1.0", "uid": updated_uid,
+                }).decode().encode()))  # a compact copy: see ProfileColumns
         tx.create_profile_columns(ProfileColumns(
             source=source, ids=ids, event_uids=uids, types=[etype] * len(clean), times=times,
             received_at=[received_at] * len(clean), documents=documents, link_rows=link_rows,

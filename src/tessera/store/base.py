@@ -90,12 +90,14 @@ class ProfileColumns:
     """New profiles made whole by one event each, as columns (the columnar import path).
 
     Row ``i`` is profile ``ids[i]``, created by event ``event_uids[i]`` of ``types[i]``
-    at ``times[i]``; ``documents[i]`` is that event's CloudEvent, already JSON. Links
+    at ``times[i]``; ``documents[i]`` is that event's CloudEvent, already JSON text. Links
     and traits name their row (``link_rows``, ``trait_rows``); trait values are JSON
-    too, and a trait's time and event are its row's. Columns rather than one object
-    per profile, so that a backend can write a million rows without touching each
-    value in Python; :meth:`StoreTx.create_profile_columns` writes the same rows as
-    :meth:`StoreTx.create_profiles`.
+    text too, and a trait's time and event are its row's. Columns rather than one
+    object per profile, so that a backend can write a million rows without touching
+    each value in Python; :meth:`StoreTx.create_profile_columns` writes the same rows
+    as :meth:`StoreTx.create_profiles`. JSON as ``str``, not ``bytes``: every bytes
+    object orjson returns keeps a 4 KiB allocation alive (measured: 393 MiB for
+    100,000 small documents, 13 MiB once decoded).
     """
 
     source: str
@@ -104,13 +106,13 @@ class ProfileColumns:
     types: list[str]
     times: list[float]
     received_at: list[float]
-    documents: list[bytes]
+    documents: list[str]
     link_rows: list[int]
     link_types: list[str]
     link_values: list[str]
     trait_rows: list[int]
     trait_names: list[str]
-    trait_values: list[bytes]
+    trait_values: list[str]
     trait_priorities: list[int]
 
     def profiles(self) -> list[NewProfile]:
