@@ -204,6 +204,11 @@ def serve(
         typer.Option("--worker/--no-worker", help="Also run the processor (as a second process)"),
     ] = True,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "warning",
+    api_processes: Annotated[
+        int,
+        typer.Option("--api-processes", min=1, max=64,
+                     help="API processes sharing the port (one per core the API may use)"),
+    ] = 1,
 ) -> None:
     """Serve the HTTP API (ingest, profiles), with the processor beside it."""
     from tessera.observability import multiprocess
@@ -211,6 +216,7 @@ def serve(
     multiprocess.enable(data_dir(data_dir_))  # before any metric exists: /metrics sums both
     import uvicorn
 
+    from tessera.api import served
     from tessera.api.app import create_app
     from tessera.runtime import Runtime
 
@@ -234,15 +240,24 @@ def serve(
     # which unwinds through `finally` so that the worker is stopped too
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        uvicorn.run(
-            create_app(runtime),
-            host=host,
-            port=port,
-            log_level=log_level,
-            access_log=False,
-            loop="auto",
-            http="auto",
-        )
+        if api_processes > 1:
+            # each process builds its own app and runtime from these (uvicorn spawns them)
+            os.environ[served.CONFIG_ENV] = str(config) if config is not None else ""
+            os.environ[served.DATA_DIR_ENV] = str(data)
+            os.environ[served.LOG_LEVEL_ENV] = log_level
+            uvicorn.run(f"{served.__name__}:app", factory=True, workers=api_processes,
+                        host=host, port=port, log_level=log_level, access_log=False,
+                        loop="auto", http="auto")
+        else:
+            uvicorn.run(
+                create_app(runtime),
+                host=host,
+                port=port,
+                log_level=log_level,
+                access_log=False,
+                loop="auto",
+                http="auto",
+            )
     finally:
         for one in supervisors:
             one.stop()

@@ -92,3 +92,46 @@ def test_importing_the_cli_leaves_metrics_mode_open() -> None:
          "import sys, tessera.cli; print('prometheus_client' in sys.modules)"],
         capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_several_api_processes_share_the_port_and_lose_nothing(tmp_path: Path) -> None:
+    """``serve --api-processes 2``: two API processes answer on one port; every event
+    sent through either is stored once and processed once; the metrics add them up."""
+    server = TesseraProcess(["serve", "--api-processes", "2"], tmp_path / "data", env=FAST,
+                            port=free_port())
+    server.start()
+    try:
+        assert server.process is not None
+        api = [p for p in _children(server.process.pid)
+               if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(api) == 2, api
+        # a new connection per request, so the kernel spreads them over both processes
+        for i in range(40):
+            with httpx.Client() as client:
+                response = client.post(server.url + "/v1/events",
+                                       json=events(5, f"p{i}"), headers=BATCH)
+                assert response.status_code == 202, response.text
+        text = wait_for(server.url + "/metrics",
+                        r'tessera_processing_events_total\{group="profiles",outcome="applied"\}',
+                        200, timeout=60)
+        assert value(text, r'tessera_ingest_events_total\{endpoint="/v1/events",'
+                           r'outcome="accepted",source="web"\}') == 200
+        recorded = {f.stem.rsplit("_", 1)[-1] for f in (tmp_path / "data" / "metrics").glob("*.db")}
+        assert {str(p) for p in api} <= recorded, (api, recorded)  # both served requests
+    finally:
+        server.stop()
+    assert server.process is not None and server.process.poll() is not None
+    assert not [p for p in api if Path(f"/proc/{p}").exists()], "an API process outlived serve"
