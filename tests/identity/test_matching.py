@@ -261,3 +261,18 @@ async def test_chained_merges_in_one_chunk_combine_every_side(
     assert held(c, b) == [("email", "a@example.com"), ("email", "b@example.com")]
     merged = [m for m in runtime.store.pending_outbox(100) if b"identity.merged" in m.payload]
     assert len(merged) == 2
+
+
+def test_blocking_only_columns_are_not_scored() -> None:
+    from pydantic import ValidationError
+
+    from tessera.identity.matching import splink_settings
+
+    blocked = SETTINGS.model_copy(update={"columns": {
+        **SETTINGS.columns, "suburb": MatchColumn(trait="suburb", compare="block")}})
+    created = splink_settings(blocked)
+    scored = [c.get_comparison("duckdb").output_column_name for c in created.comparisons]
+    assert scored == list(SETTINGS.columns)  # every column but the blocking-only one
+    with pytest.raises(ValidationError, match="at least one column must be scored"):
+        MatchSettings(columns={"suburb": MatchColumn(trait="suburb", compare="block")},
+                      blocking=[["suburb"]], training=[["suburb"]], deterministic=[["suburb"]])

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tessera.config import TesseraConfig
 from tessera.events.envelope import Event, iso_time
@@ -40,7 +40,7 @@ from tessera.profiles.survivorship import Survivorship
 from tessera.store.base import Identifier, Store, Trait
 
 log = logging.getLogger(__name__)
-Compare = Literal["name", "date", "exact", "fuzzy", "id", "postcode"]
+Compare = Literal["name", "date", "exact", "fuzzy", "id", "postcode", "block"]
 UNIQUE_ID = "profile_id"
 
 
@@ -52,6 +52,12 @@ class MatchColumn(_Model):
     trait: str
     """The profile trait holding the value."""
     compare: Compare = "exact"
+    """How the column is scored; ``block``: not scored, only there for the blocking rules.
+
+    Fellegi-Sunter multiplies the evidence of the columns as if they were independent;
+    columns that describe one fact (street, postcode, city of one address) count that
+    fact several times over, and people of one household then outscore their
+    different names, birth dates and numbers. Such a column can still block."""
     date_format: str = "%Y-%m-%d"
     tf: bool = False
     """Term-frequency adjustment: agreeing on a rare value counts more."""
@@ -71,6 +77,13 @@ class MatchSettings(_Model):
     u_max_pairs: float = Field(default=1e6, gt=0)
     seed: int = 42
 
+    @model_validator(mode="after")
+    def _something_scored(self) -> MatchSettings:
+        if all(c.compare == "block" for c in self.columns.values()):
+            raise ValueError("columns: at least one column must be scored (compare other "
+                             "than 'block')")
+        return self
+
 
 DEFAULT_SETTINGS = MatchSettings(
     columns={
@@ -79,7 +92,7 @@ DEFAULT_SETTINGS = MatchSettings(
         "date_of_birth": MatchColumn(trait="date_of_birth", compare="date"),
         "address": MatchColumn(trait="address", compare="fuzzy"),
         "postcode": MatchColumn(trait="postcode", compare="postcode", tf=True),
-        "city": MatchColumn(trait="city", compare="fuzzy"),
+        "city": MatchColumn(trait="city", compare="block"),  # the address's, scored there
         "phone_tail": MatchColumn(trait="phone", compare="id"),
     },
     # name prefixes (typos) only together with a place or the year of birth: a bare
@@ -160,6 +173,8 @@ def splink_settings(settings: MatchSettings) -> Any:
     comparisons = []
     for name, col in settings.columns.items():
         comp: Any
+        if col.compare == "block":
+            continue
         if col.compare == "name":
             comp = cl.NameComparison(name)
         elif col.compare == "date":
