@@ -22,6 +22,7 @@ Two ways to apply, chosen per import (``docs/batch.md`` has the measurements):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import time
@@ -37,7 +38,7 @@ from tessera.events import EVENTS_TOPIC
 from tessera.events.envelope import Event
 from tessera.identity.extract import Identifier, IdentifierExtractor, get_path
 from tessera.imports.bulk import BulkApplier
-from tessera.imports.columnar import Chunk, ColumnarApplier, Rows
+from tessera.imports.columnar import Chunk, ColumnarApplier, Prepared, Rows
 from tessera.imports.mapping import ImportMapping
 from tessera.imports.readers import (
     Block,
@@ -373,13 +374,18 @@ class ImportJob:
             chunk.events.append(made)
 
     def _next_chunk(self, blocks: Any, event_time: float
-                    ) -> tuple[Chunk, list[tuple[int, str, Any]], Position | None]:
+                    ) -> tuple[Prepared, list[tuple[int, str, Any]], Position | None]:
+        """The next block mapped and prepared for the store (:meth:`ColumnarApplier.prepare`),
+        its rejects, and the position after it (None at the end of the file)."""
+        assert self.columnar is not None
         chunk = Chunk(Rows(), [], time.time())
         rejected: list[tuple[int, str, Any]] = []
+        end: Position | None = None
         for block in blocks:
             self._map_block(block, chunk, event_time, rejected)
-            return chunk, rejected, block.end
-        return chunk, rejected, None
+            end = block.end
+            break
+        return self.columnar.prepare(chunk), rejected, end
 
     def _check_header(self, header: list[str]) -> None:
         missing = sorted(c for c in self.mapping.columns() if c not in set(header))
@@ -442,6 +448,8 @@ class ImportJob:
         except ReaderError as exc:
             raise ImportError_(str(exc)) from None
         checked = False
+        ahead: asyncio.Future[Any] | None = None
+        """The columnar path's next chunk, read and prepared while the store writes one."""
         rejects = open(self.rejects_path, "ab")  # noqa: SIM115 - closed below
         try:
             for _ in range(total + 2):  # each round consumes at least one record
@@ -450,9 +458,12 @@ class ImportJob:
                     checked = True
                 try:
                     if self.columnar is not None:
-                        chunk, rejected, pos = await asyncio.to_thread(
-                            self._next_chunk, records, summary.event_time)
-                        count = len(chunk.rows.lines) + len(chunk.events)
+                        if ahead is None:
+                            ahead = asyncio.ensure_future(asyncio.to_thread(
+                                self._next_chunk, records, summary.event_time))
+                        prepared, rejected, pos = await ahead
+                        ahead = None
+                        count = len(prepared.chunk.rows.lines) + len(prepared.chunk.events)
                         first = None
                     else:
                         batch, rejected, pos, first = await asyncio.to_thread(
@@ -466,7 +477,10 @@ class ImportJob:
                 if not count and not rejected and pos is None:
                     break
                 if self.columnar is not None:
-                    self._count(summary, await asyncio.to_thread(self.columnar.apply, chunk))
+                    if pos is not None:  # the other core reads and maps the next chunk
+                        ahead = asyncio.ensure_future(asyncio.to_thread(
+                            self._next_chunk, records, summary.event_time))
+                    self._count(summary, await asyncio.to_thread(self.columnar.commit, prepared))
                 else:
                     await self._apply(batch, summary)
                 for line, reason, raw in rejected:
@@ -491,6 +505,9 @@ class ImportJob:
                 progress(total, total)
             return summary
         finally:
+            if ahead is not None:  # stopped or failed: a chunk read ahead is not applied
+                with contextlib.suppress(Exception):
+                    await ahead
             rejects.close()
 
     def _next_batch(

@@ -1,0 +1,161 @@
+"""The columnar import path: same reader results, same documents, rejects and resume."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tessera.imports.columnar import Chunk, Rows
+from tessera.imports.job import ImportJob
+from tessera.imports.readers import Position, read, read_csv_blocks
+from tessera.processing.profiles import ProfileProcessor
+from tessera.runtime import Runtime
+from tests.imports.test_import import job, rejects, traits, write_csv
+
+
+def columnar_job(runtime: Runtime, path: Path, **kw: Any) -> ImportJob:
+    made = job(runtime, path, log_events=False, **kw)
+    assert made.columnar is not None
+    return made
+
+
+def rows_of_blocks(path: Path, rows: int, columns: list[str],
+                   start: Position | None = None) -> list[tuple[int, Any, Any]]:
+    out: list[tuple[int, Any, Any]] = []
+    for block in read_csv_blocks(path, start or Position(), rows, columns):
+        if block.columns is not None:
+            assert block.records is None
+            for i in range(block.rows):
+                row = block.table.slice(i, 1).to_pylist()[0]
+                assert {c: block.columns[c][i] for c in columns} == {c: row[c] for c in columns}
+                out.append((block.first_line + i, row, None))
+        else:
+            assert block.records is not None
+            out += [(r.line, r.row, r.error) for r in block.records]
+    return out
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 1000])
+def test_blocks_read_what_the_row_reader_reads(tmp_path: Path, rows: int) -> None:
+    """Plain blocks (pyarrow) and the others (the row reader) together give every record
+    with the row reader's line, values and errors, whatever the block size."""
+    path = tmp_path / "mixed.csv"
+    path.write_bytes(
+        b"\xef\xbb\xbfEmail, Name ,N\r\n"
+        b"a@x.io,ann,1\r\n"
+        b"b@x.io, bo b ,2\r\n"
+        b'c@x.io,"quoted, with comma",3\r\n'
+        b'd@x.io,"two\nlines",4\r\n'
+        b"\r\n"                                  # a blank line is no record
+        b"e@x.io,short\r\n"                      # wrong number of fields
+        b"f@x.io,\xff\xfe,6\r\n"                 # invalid UTF-8
+        b"g@x.io,gus,7\r\n"
+        b"h@x.io,h\xc3\xa9l\xc3\xa8ne,8\r\n"     # valid UTF-8, not ASCII
+        b"i@x.io,ivy,9")                         # no newline at the end
+    expected = [(r.line, r.row, r.error) for r, _ in read(path, "csv")]
+    assert len(expected) == 9
+    assert rows_of_blocks(path, rows, ["Email", "N"]) == expected
+    after_two = [p for _, p in read(path, "csv")][1]
+    assert rows_of_blocks(path, rows, ["Email", "N"], after_two) == expected[2:]
+
+
+def test_plain_blocks_are_columns(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "plain.csv", [[f"u{i}@x.io", f"M{i}", "n", str(i)]
+                                             for i in range(10)])
+    blocks = list(read_csv_blocks(path, Position(), 4, ["Email", "LTV"]))
+    assert [(b.first_line, b.rows, b.columns is not None) for b in blocks] == [
+        (2, 4, True), (6, 4, True), (10, 2, True)]
+    assert blocks[2].columns == {"Email": ["u8@x.io", "u9@x.io"], "LTV": ["8", "9"]}
+    assert blocks[2].end == Position(path.stat().st_size, 11)
+
+
+async def test_documents_and_payloads_are_the_row_paths_json(
+        runtime: Runtime, tmp_path: Path) -> None:
+    """The text-built CloudEvent and profile.updated are byte for byte what orjson makes
+    of the row path's event and of the processor's derived event."""
+    path = write_csv(tmp_path / "x.csv", [["a@x.io", "M1", "n", "1"]])
+    made = columnar_job(runtime, path)
+    assert made.columnar is not None
+    rows = Rows(lines=[7, 8, 9],
+                identifiers=[[("email", "a@x.io"), ("member_number", "M1")],
+                             [("member_number", "M2"), ("email", 'q"uote\\@x.io')],
+                             [("email", "c@x.io")]],
+                traits=[{"first_name": "Zoë \"Z\" \u2028", "lifetime_value": 1.5,
+                         "vip": True, "tags": ["a", {"b": None}]},
+                        {"n": 10**18, "x": -0.0}, {}],
+                times=[1_700_000_000.123456, 5.0, 1e-3])
+    chunk = Chunk(rows, [], 1_700_000_100.5, [(7, 0), (8, 1), (9, 2)])
+    prepared = made.columnar.prepare(chunk)
+    assert prepared.candidates == [0, 1, 2]
+    columns = prepared.columns
+    for k, i in enumerate(prepared.candidates):
+        event = made._profile_event(rows.lines[i], rows.identifiers[i], rows.traits[i],
+                                    rows.times[i], chunk.received_at)
+        assert event.uid == columns.event_uids[k] == prepared.uids[i]
+        assert columns.documents[k] == orjson.dumps(event.to_cloudevent()).decode()
+        message = prepared.outbox[k]
+        if not rows.traits[i]:
+            assert message is None
+            continue
+        assert message is not None
+        now = orjson.loads(message[3])["received_at"]
+        diff = {n: {"old": None, "new": v} for n, v in rows.traits[i].items()}
+        derived = ProfileProcessor._updated_event(event, columns.ids[k], diff, now)
+        assert message == ("derived", derived.uid, derived.partition_key, derived.to_json())
+    assert columns.ids == sorted(columns.ids) and len(set(columns.ids)) == 3
+
+
+async def test_rejects_resume_and_a_lost_checkpoint_on_the_columnar_path(
+        runtime: Runtime, tmp_path: Path) -> None:
+    rows = [[f"u{i}@example.com", f"M{i}", "n", str(i)] for i in range(100)]
+    rows[5][0], rows[5][1] = "", ""          # no identifier (line 7)
+    rows[40][3] = "lots"                     # not a number (line 42)
+    rows[60][0], rows[60][1] = "", ""        # after the interruption (line 62)
+    path = write_csv(tmp_path / "big.csv", rows)
+    stop = asyncio.Event()
+    calls: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        calls.append(done)
+        if len(calls) == 3:
+            stop.set()   # as Ctrl-C would, after the third chunk committed
+
+    first = await columnar_job(runtime, path, batch_size=10).run(progress=progress, stop=stop)
+    assert not first.done and first.rows == 30 and first.imported == 29
+    assert runtime.store.counts()["events_applied"] == 29
+    resumed = columnar_job(runtime, path, batch_size=10)
+    second = await resumed.run()
+    assert second.done and second.resumed_from_line == 31
+    assert (second.rows, second.imported, second.rejected, second.duplicates) == (100, 97, 3, 0)
+    assert resumed.columnar is not None and resumed.columnar.created == 68
+    assert [(r["line"], r["reason"]) for r in rejects(Path(second.rejects_file))] == [
+        (7, "no usable identifier"), (42, "lifetime_value: 'lots' is not a number"),
+        (62, "no usable identifier")]
+    found = rejects(Path(second.rejects_file))[1]["record"]
+    assert found == {"Email": "u40@example.com", "MemberNo": "M40", "FirstName": "n",
+                     "LTV": "lots"}
+    assert traits(runtime, "member_number:M99") == {"first_name": "n", "lifetime_value": 99.0}
+    # the checkpoint of a committed chunk lost: that chunk is found applied, not doubled
+    lost = columnar_job(runtime, path, batch_size=10, restart=True)
+    again = await lost.run()
+    assert (again.imported, again.duplicates, again.rejected) == (0, 97, 3)
+    assert runtime.store.counts()["events_applied"] == 97
+
+
+async def test_the_columnar_path_is_used_only_where_it_gives_the_same_result(
+        runtime: Runtime, tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "x.csv", [["a@x.io", "M1", "n", "1"]])
+    assert job(runtime, path).columnar is None                    # logged to the bus
+    assert job(runtime, path, log_events=False, bulk=False).columnar is None
+    assert job(runtime, path, log_events=False, mode="bus").columnar is None
+    assert job(runtime, path, log_events=False,
+               mapping={"identifiers": {"email": "Email"}, "id_column": "MemberNo"}
+               ).columnar is None
+    jsonl = tmp_path / "x.jsonl"
+    jsonl.write_bytes(b'{"Email": "a@x.io"}\n')
+    assert job(runtime, jsonl, log_events=False,
+               mapping={"identifiers": {"email": "Email"}}).columnar is None
