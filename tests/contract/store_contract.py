@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -426,6 +427,41 @@ class StoreContract:
                     got.event) == (f"ev-{row}", f"t.{'abc'[row]}", "crm", times[row], 9.0,
                                    docs[row])
         assert store.resolve(f"email:{names[2]}@x.io") == ids[2]
+
+    def test_create_profile_columns_of_a_whole_chunk(self, store: Store) -> None:
+        """Enough rows for every way SQLite packs a column: one value for all, a few
+        values, widths padded to one, non-ASCII text, values of very different widths."""
+        n = 150
+        ids = sorted(pid() for _ in range(n))
+        names = ["city", "tier", "note"]
+        values: dict[tuple[int, str], Any] = {}
+        for i in range(n):
+            values[(i, "city")] = ["Oslo", "Bergen", "Tromsø"][i % 3]
+            values[(i, "tier")] = i % 4
+            values[(i, "note")] = "x" * (i * 7) if i % 10 == 0 else f"note {i} "
+        columns = ProfileColumns(
+            source="crm", ids=ids, event_uids=[f"ev-{i}" for i in range(n)],
+            types=["t"] * n, times=[5.0] * n, received_at=[9.0] * n,
+            documents=[orjson.dumps({"id": i, "pad": "é" * (i % 3)}).decode() for i in range(n)],
+            link_rows=[i for i in range(n) for _ in (0, 1)],
+            link_types=["email", "user_id"] * n,
+            link_values=[v for i in range(n) for v in (f"p{i}@x.io", f"u{i:04d}")],
+            trait_rows=[i for i in range(n) for _ in names], trait_names=names * n,
+            trait_values=[orjson.dumps(values[(i, name)]).decode()
+                          for i in range(n) for name in names],
+            trait_priorities=[i % 2 for i in range(n) for _ in names])
+        with store.transaction() as tx:
+            tx.create_profile_columns(columns, 7.0)
+        for i in (0, 1, 10, 77, n - 1):
+            profile = store.get_profile(ids[i])
+            assert profile is not None, i
+            assert profile.traits == {name: Trait(values[(i, name)], "crm", 5.0, i % 2, f"ev-{i}")
+                                      for name in names}
+            assert sorted((x.type, x.value) for x in profile.identities) == [
+                ("email", f"p{i}@x.io"), ("user_id", f"u{i:04d}")]
+            [got] = store.timeline(ids[i], 10)
+            assert got.event == {"id": i, "pad": "é" * (i % 3)}
+        assert store.counts()["identities"] == 2 * n
 
     def test_many_applied_marks_and_outbox_messages_at_once(self, store: Store) -> None:
         """A chunk's worth (SQLite writes these from packed columns) reads back the same,

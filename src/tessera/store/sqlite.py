@@ -133,27 +133,59 @@ class _Packed:
         return f":{name}"
 
     def text(self, values: Sequence[str] | Sequence[bytes], blob: bool = False) -> str:
+        """The SQL expression of row ``i``'s value: a parameter when every row has the
+        same value, a one-letter code per row for up to 26 values, a slice of one BLOB
+        when the values have one width or can be padded to one (no value ends with a
+        space, padding at most half the bytes), else a slice found through offsets.
+        Every extra SQL function per row costs: a trait row costs about 2.4 us to
+        insert on the development machine, and the offsets added 1.5 us to it."""
+        n = len(values)
+        if n >= 64:
+            distinct = set(values)
+            if len(distinct) == 1:
+                (value,) = distinct
+                return self.const(value.encode() if blob and isinstance(value, str) else value)
+            if len(distinct) <= 26:
+                code = {v: chr(97 + k) for k, v in enumerate(distinct)}
+                cases = " ".join(
+                    f"WHEN '{code[v]}' THEN "
+                    f"{self.const(v.encode() if blob and isinstance(v, str) else v)}"
+                    for v in distinct)
+                letters = self.const("".join(map(code.__getitem__, values)))
+                return f"CASE substr({letters}, i+1, 1) {cases} END"
         try:
             if values and isinstance(values[0], str):
                 joined = "".join(values).encode()  # type: ignore[arg-type]
-                if len(joined) == sum(lens := list(map(len, values))):  # ASCII: chars = bytes
+                ascii_ = len(joined) == sum(lens := list(map(len, values)))  # chars = bytes
+                if ascii_:
                     data = joined
                 else:
                     enc = [v.encode() for v in values]  # type: ignore[union-attr]
                     data, lens = b"".join(enc), list(map(len, enc))
             else:
+                ascii_ = False
                 data = b"".join(values)  # type: ignore[arg-type]
                 lens = list(map(len, values))
         except (UnicodeEncodeError, TypeError):  # a lone surrogate, a mix: executemany's
             self.usable = False
             return "NULL"
-        name = self.const(data)
         cast = "{}" if blob else "CAST({} AS TEXT)"
         if lens and min(lens) == max(lens):
             w = lens[0]
-            return cast.format(f"substr({name}, i*{w}+1, {w})")
+            return cast.format(f"substr({self.const(data)}, i*{w}+1, {w})")
+        widest = max(lens) if lens else 0
+        space = " " if ascii_ else b" "
+        if (widest * n <= len(data) * 3 // 2 and (ascii_ or not isinstance(values[0], str))
+                and not any(v.endswith(space) for v in values)):  # type: ignore[arg-type]
+            if ascii_:
+                data = (f"%-{widest}s" * n % tuple(values)).encode()
+            else:
+                data = b"%-*b" * n % tuple(x for v in values for x in (widest, v))
+            padded = f"rtrim(substr({self.const(data)}, i*{widest}+1, {widest}), ' ')"
+            return f"CAST({padded} AS BLOB)" if blob else padded
         ends = list(accumulate(lens))
         digits = len(str(ends[-1]))
+        name = self.const(data)
         offsets = self.const((f"%0{digits}d" * (len(ends) + 1) % (0, *ends)).encode())
         start = f"CAST(substr({offsets}, i*{digits}+1, {digits}) AS INTEGER)"
         end = f"CAST(substr({offsets}, i*{digits}+{digits + 1}, {digits}) AS INTEGER)"
@@ -164,7 +196,7 @@ class _Packed:
         if all(v == first and type(v) is type(first) for v in values):
             return self.const(first)
         if all(type(v) is int for v in values):
-            return self.text([str(v) for v in values]).replace("AS TEXT", "AS INTEGER")
+            return f"CAST({self.text([str(v) for v in values])} AS INTEGER)"
         self.usable = False
         return "NULL"
 
