@@ -276,3 +276,32 @@ def test_blocking_only_columns_are_not_scored() -> None:
     with pytest.raises(ValidationError, match="at least one column must be scored"):
         MatchSettings(columns={"suburb": MatchColumn(trait="suburb", compare="block")},
                       blocking=[["suburb"]], training=[["suburb"]], deterministic=[["suburb"]])
+
+
+def test_load_profiles_reads_the_compared_values(tmp_path: Path) -> None:
+    from tessera.identity.matching import load_profiles
+    from tessera.store.base import Trait
+    from tessera.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "store.db")
+    settings = MatchSettings(
+        columns={"first_name": MatchColumn(trait="first_name", compare="name"),
+                 "phone_tail": MatchColumn(trait="phone", compare="id"),
+                 "phone": MatchColumn(trait="phone", compare="exact"),
+                 "age": MatchColumn(trait="age")},
+        blocking=[["first_name"]], training=[["first_name"]], deterministic=[["phone"]])
+    values = {"p1": {"first_name": "  Ann ", "phone": "+47 912 34 567", "age": 41},
+              "p2": {"first_name": "", "phone": {"not": "a value"}},  # nothing to compare
+              "p3": {"first_name": "BO", "other": "x"}}
+    with store.transaction() as tx:
+        for p, traits in values.items():
+            tx.create_profile(p, 1.0)
+            tx.put_traits(p, {n: Trait(v, "crm", 1.0) for n, v in traits.items()})
+    try:
+        assert load_profiles(store, settings) == [
+            {"profile_id": "p1", "first_name": "ann", "phone_tail": "1234567",
+             "phone": "+47 912 34 567", "age": "41"},
+            {"profile_id": "p3", "first_name": "bo", "phone_tail": None, "phone": None,
+             "age": None}]
+    finally:
+        store.close()
