@@ -148,10 +148,11 @@ class _Packed:
             if len(distinct) <= 26:
                 code = {v: chr(97 + k) for k, v in enumerate(distinct)}
                 cases = " ".join(
-                    f"WHEN '{code[v]}' THEN "
+                    f"WHEN x'{ord(code[v]):02x}' THEN "
                     f"{self.const(v.encode() if blob and isinstance(v, str) else v)}"
                     for v in distinct)
-                letters = self.const("".join(map(code.__getitem__, values)))
+                # a BLOB: substr of TEXT counts characters from the start (quadratic)
+                letters = self.const("".join(map(code.__getitem__, values)).encode())
                 return f"CASE substr({letters}, i+1, 1) {cases} END"
         try:
             if values and isinstance(values[0], str):
