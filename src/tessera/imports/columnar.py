@@ -164,8 +164,10 @@ class ColumnarApplier:
         already = tx.applied([*uids, *(e.uid for e in events)])
         keep = [k for k, i in enumerate(candidates) if uids[i] not in already]
         if keep:
-            wanted = sorted({x for k in keep for x in rows.identifiers[candidates[k]]})
-            tx.lock_identifiers(wanted)
+            wanted = [x for k in keep for x in rows.identifiers[candidates[k]]]  # unique
+            if not tx.single_writer:  # locks are taken in one order (no deadlock)
+                wanted.sort()
+                tx.lock_identifiers(wanted)
             known = tx.lookup(wanted)
             if known:
                 keep = [k for k in keep
