@@ -71,6 +71,10 @@ def import_command(
     bulk: Annotated[bool, typer.Option("--bulk/--no-bulk", help="direct mode: create new "
                                        "people set-based (same result; --no-bulk applies "
                                        "every row through the processor)")] = True,
+    columnar: Annotated[bool, typer.Option("--columnar/--no-columnar", help="direct mode, "
+                                           "--no-log, CSV profiles: keep rows as columns to "
+                                           "the store (same result; --no-columnar: the bulk "
+                                           "path)")] = True,
     batch_size: Annotated[int, typer.Option(min=1, max=100_000)] = 5000,
     rejects: Annotated[Path | None, typer.Option(help="Where rejected rows go (JSONL; default "
                                                  "in the data directory)")] = None,
@@ -95,7 +99,7 @@ def import_command(
     runtime = _runtime(config, data_dir_)
     job = build_job(runtime, file, source, mapping, fmt=format_, mode=mode,
                     batch_size=batch_size, rejects_path=rejects, restart=restart,
-                    log_events=log, bulk=bulk)
+                    log_events=log, bulk=bulk, columnar=columnar)
 
     async def main() -> ImportSummary:
         await runtime.start()
