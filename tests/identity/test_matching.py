@@ -14,7 +14,7 @@ import pytest
 from tessera.api.app import create_app
 from tessera.config import parse_config
 from tessera.identity.matching import MatchColumn, Matcher, MatchSettings
-from tessera.identity.review import ReviewStore
+from tessera.identity.review import ReviewStore, ordered
 from tessera.identity.unmerge import UnmergeError, Unmerger
 from tessera.imports.job import ImportJob
 from tessera.imports.mapping import parse_mapping
@@ -305,3 +305,36 @@ def test_load_profiles_reads_the_compared_values(tmp_path: Path) -> None:
              "age": None}]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("one_run", [True, False], ids=["one-transaction", "two-runs"])
+async def test_unmerge_undoes_a_chain_of_merges(
+        runtime: Runtime, review: ReviewStore, tmp_path: Path, one_run: bool) -> None:
+    """A merged into B, then B into C: the store records A as merged into C, the review
+    store knows the pair (B, A). Unmerging C gives back all three people."""
+    await import_rows(runtime, tmp_path, [
+        {"email": "a@example.com", "first_name": "Ann"},
+        {"email": "b@example.com", "first_name": "Anne"},
+        {"email": "c@example.com", "first_name": "Annie"},
+    ], {"email": "email"}, ["first_name"], "chain")
+    a, b, c = (pid(runtime, f"email:{x}@example.com") for x in "abc")
+    matcher = Matcher(CONFIG, runtime.store, review, SETTINGS)
+    ops = [(b, a, 0.99), (c, b, 0.98)]
+    if one_run:
+        matcher.merge(ops, matcher.identifiers_of([a, b, c]))
+    else:
+        for op in ops:
+            matcher.merge([op], matcher.identifiers_of([a, b, c]))
+    assert {runtime.store.resolve(f"email:{x}@example.com") for x in "abc"} == {c}
+
+    result = Unmerger(CONFIG, runtime.store, review).unmerge(c)
+    assert sorted(result.split_off) == sorted([a, b])
+    for x, owner, name in (("a", a, "Ann"), ("b", b, "Anne"), ("c", c, "Annie")):
+        assert runtime.store.resolve(f"email:{x}@example.com") == owner
+        profile = runtime.store.get_profile(owner)
+        assert profile is not None and profile.merged_from == []
+        assert {n: t.value for n, t in profile.traits.items()} == {"first_name": name}
+        assert profile.event_count == 1
+    assert review.get(b, a).state == review.get(c, b).state == "rejected"  # type: ignore
+    # and a later run does not merge them again
+    assert {ordered(b, a), ordered(c, b)} <= matcher._current_rejections()

@@ -172,6 +172,23 @@ class ReviewStore:
         return ([tuple(x) for x in orjson.loads(row[0] or b"[]")],
                 [tuple(x) for x in orjson.loads(row[1] or b"[]")])
 
+    def merged_into_others(self, profile_id: str) -> list[tuple[str, list[tuple[str, str]]]]:
+        """For each merged pair naming this profile: the other side, and the identifiers this
+        profile held when the two were merged (pairs without that provenance left out).
+
+        Unmerge needs it for a chain: when A was merged into B and B later into C, the
+        store records A as merged into C, while the provenance is the pair (B, A)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT a, b, a_identifiers, b_identifiers FROM pairs "
+                "WHERE state = 'merged' AND (a = ? OR b = ?)", (profile_id, profile_id)).fetchall()
+        out = []
+        for a, b, a_ids, b_ids in rows:
+            mine = a_ids if a == profile_id else b_ids
+            if mine:
+                out.append((b if a == profile_id else a, [tuple(x) for x in orjson.loads(mine)]))
+        return out
+
     def record_unmerge(self, profile_id: str, split_into: list[str], by: str) -> None:
         with self._lock:
             self._conn.execute(

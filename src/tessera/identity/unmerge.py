@@ -114,9 +114,25 @@ class Unmerger:
         self.review.record_unmerge(pid, result.split_off, by)
         return result
 
-    def _split(self, pid: str, other: str, by: str, result: UnmergeResult) -> None:
+    def _provenance(self, pid: str, other: str) -> tuple[str, str, set[Identifier]]:
+        """Where ``other``'s identifiers are now, the pair that merged it, and those ids.
+
+        Usually the pair (pid, other) itself. After a chain (``other`` merged into B,
+        B later into ``pid``) the store names ``pid`` while the review store knows
+        (B, other); and if B was split off first, B holds ``other``'s identifiers
+        again. So the profile to split from is the one holding them now."""
         low, high = self.review.identifiers(pid, other)  # in the pair's sorted order
         side = set(high if other > pid else low)
+        if side:
+            return pid, pid, side
+        for partner, held in self.review.merged_into_others(other):
+            holders = {self.store.resolve(f"{t}:{v}") for t, v in held}
+            if len(holders) == 1 and (holder := holders.pop()) is not None:
+                return holder, partner, set(held)
+        return pid, pid, set()
+
+    def _split(self, pid: str, other: str, by: str, result: UnmergeResult) -> None:
+        pid, partner, side = self._provenance(pid, other)
         profile = self.store.get_profile(pid)
         if profile is None:
             raise UnmergeError(f"profile {pid} disappeared during the unmerge")
@@ -149,9 +165,11 @@ class Unmerger:
             tx.put_traits(other, self.derive_traits(theirs_entries))
             event = unmerged_event(pid, other, now)
             tx.add_outbox([(DERIVED_TOPIC, event.uid, event.partition_key, event.to_json())])
-        pair = self.review.get(pid, other)
-        self.review.record(pid, other, pair.score if pair else 0.0, "rejected", by,
-                           note="unmerged")
+        for a in dict.fromkeys((pid, partner)):  # the pair that merged it, and the one now
+            pair = self.review.get(a, other)
+            if pair is not None or a == partner:
+                self.review.record(a, other, pair.score if pair else 0.0, "rejected", by,
+                                   note="unmerged")
         result.split_off.append(other)
         result.moved_identifiers += len(side)
         result.moved_events += len(moved_uids)
