@@ -201,13 +201,6 @@ class _Packed:
         self.usable = False
         return "NULL"
 
-    def rows(self, exprs: list[str], rows: int) -> str:
-        """The packed rows as a subquery with columns ``c0``, ``c1``, ... (for reads)."""
-        self.params["rows"] = rows
-        cols = ", ".join(f"{e} AS c{k}" for k, e in enumerate(exprs))
-        return (f"(SELECT {cols} FROM (WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL "
-                f"SELECT i+1 FROM n WHERE i+1 < :rows) SELECT i FROM n))")
-
     def insert(self, conn: sqlite3.Connection, head: str, exprs: list[str], rows: int,
                order: str = "") -> None:
         """Rows in the given order, else in the order of the lists."""
@@ -222,13 +215,6 @@ class SQLiteTx(StoreTx):
         self.conn = conn
 
     def applied(self, event_uids: Sequence[str]) -> set[str]:
-        if len(event_uids) >= PACKED_ROWS:  # a chunk's: one primary-key probe per row
-            p = _Packed()
-            exprs = [p.text(event_uids)]
-            if p.usable:
-                return {r[0] for r in self.conn.execute(
-                    f"SELECT a.event_uid FROM {p.rows(exprs, len(event_uids))} v "
-                    f"CROSS JOIN applied a ON a.event_uid = v.c0", p.params)}
         found: set[str] = set()
         for chunk in _chunks(list(event_uids)):
             marks = ",".join("?" * len(chunk))
@@ -263,16 +249,6 @@ class SQLiteTx(StoreTx):
     def lookup(self, identifiers: Sequence[Identifier]) -> dict[Identifier, str]:
         out: dict[Identifier, str] = {}
         execute = self.conn.execute
-        if len(identifiers) >= PACKED_ROWS:  # a chunk's: one primary-key probe per row
-            p = _Packed()
-            exprs = [p.text([t for t, _ in identifiers]), p.text([v for _, v in identifiers])]
-            if p.usable:
-                for type_, value, pid in execute(
-                        f"SELECT v.c0, v.c1, i.profile_id FROM "
-                        f"{p.rows(exprs, len(identifiers))} v CROSS JOIN identities i "
-                        f"ON i.type = v.c0 AND i.value = v.c1", p.params):
-                    out[(type_, value)] = pid
-                return out
         if len(identifiers) > 16:  # a chunk's identifiers: one primary-key join per 500
             for chunk in _chunks(list(identifiers)):
                 rows = ",".join(["(?,?)"] * len(chunk))
