@@ -338,3 +338,50 @@ async def test_unmerge_undoes_a_chain_of_merges(
     assert review.get(b, a).state == review.get(c, b).state == "rejected"  # type: ignore
     # and a later run does not merge them again
     assert {ordered(b, a), ordered(c, b)} <= matcher._current_rejections()
+
+
+def test_the_guarded_damerau_levels_classify_like_splinks() -> None:
+    """The Levenshtein guard only saves work: every pair falls in the same level as with
+    Splink's own DamerauLevenshteinAtThresholds (transpositions, edits, and both)."""
+    import random
+
+    import duckdb
+    import splink.comparison_library as cl
+
+    from tessera.identity.matching import _guarded_damerau
+
+    def case(comparison: Any) -> str:
+        levels = comparison.get_comparison("duckdb").comparison_levels
+        whens = " ".join(f"WHEN {lvl.sql_condition} THEN {i}"
+                         for i, lvl in enumerate(levels) if lvl.sql_condition != "ELSE")
+        return f"CASE {whens} ELSE {len(levels) - 1} END"
+
+    rng = random.Random(3)
+    pairs = [("1234567", "1234567"), ("1234567", "1243567"), ("1234567", "2143657"),
+             ("1234567", "1234568"), ("1234567", "123457"), ("1234567", "7654321"),
+             ("1234567", None)]
+    for _ in range(3000):
+        a = "".join(rng.choice("0123456789") for _ in range(rng.choice((4, 7))))
+        b = list(a)
+        for _ in range(rng.randrange(0, 4)):
+            i = rng.randrange(len(b))
+            op = rng.randrange(4)
+            if op == 0 and i + 1 < len(b):
+                b[i], b[i + 1] = b[i + 1], b[i]
+            elif op == 1:
+                b[i] = rng.choice("0123456789")
+            elif op == 2:
+                b.insert(i, rng.choice("0123456789"))
+            elif len(b) > 1:
+                del b[i]
+        pairs.append((a, "".join(b)))
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t (ssn_l VARCHAR, ssn_r VARCHAR)")
+    con.executemany("INSERT INTO t VALUES (?, ?)", pairs)
+    for thresholds in ([1, 2], [1]):
+        plain = case(cl.DamerauLevenshteinAtThresholds("ssn", thresholds))
+        guarded = case(_guarded_damerau("ssn", thresholds))
+        assert plain != guarded  # the guard is there
+        levels = con.execute(f"SELECT {plain}, {guarded} FROM t").fetchall()
+        assert all(x == y for x, y in levels)
+        assert len({x for x, _ in levels}) == len(thresholds) + 3  # every level occurs
