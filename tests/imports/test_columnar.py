@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from tessera.imports.columnar import Chunk, Rows
-from tessera.imports.job import ImportJob
+from tessera.imports.job import ImportError_, ImportJob
 from tessera.imports.readers import Position, read, read_csv_blocks
 from tessera.processing.profiles import ProfileProcessor
 from tessera.runtime import Runtime
@@ -144,6 +144,16 @@ async def test_rejects_resume_and_a_lost_checkpoint_on_the_columnar_path(
     again = await lost.run()
     assert (again.imported, again.duplicates, again.rejected) == (0, 97, 3)
     assert runtime.store.counts()["events_applied"] == 97
+
+
+async def test_missing_columns_stop_the_columnar_import_before_anything_is_applied(
+        runtime: Runtime, tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "x.csv", [["a@x.io", "M1", "n", "1"]])
+    made = columnar_job(runtime, path, mapping={"identifiers": {"email": "Email"},
+                                                "traits": {"city": "City"}})
+    with pytest.raises(ImportError_, match="columns the file does not have: City"):
+        await made.run()
+    assert runtime.store.counts()["events_applied"] == 0
 
 
 async def test_the_columnar_path_is_used_only_where_it_gives_the_same_result(
