@@ -148,7 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-embedded", action="store_true", help="skip the embedded run")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--processors", default="profiles",
+                        help="what the workers run (tessera worker --processors): the event "
+                             "processing measured here is the profiles processor's; 'all' "
+                             "adds activation and personalization in the same processes")
     args = parser.parse_args(argv)
+    processors = ["--processors", args.processors]
 
     run_id = uuid.uuid4().hex[:10]
     prefix = f"BENCH{run_id.upper()}"
@@ -180,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             assert asyncio.run(rewind(bus_url)) == accepted
             one, five, _ = os.getloadavg()
             run = timed_run(base / f"w{k}", accepted, lambda s=schema: applied(args.postgres, s),
-                            args.timeout, ["--concurrency", str(k)])
+                            args.timeout, ["--concurrency", str(k), *processors])
             run["load_before"] = [round(one, 2), round(five, 2)]
             run["lag_after"] = asyncio.run(nats_lag(bus_url))
             results["runs"][f"nats+postgres x{k}"] = run
@@ -197,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             with Tessera(["serve", "--no-worker"], data, port=free_port()).start() as api:
                 send_stream(api.url, stream)
             total, _ = bus_counts(data)
-            run = timed_run(data, total, lambda: total - bus_counts(data)[1], args.timeout, [])
+            run = timed_run(data, total, lambda: total - bus_counts(data)[1], args.timeout,
+                            processors)
             results["runs"]["embedded x1"] = run
             print(f"  embedded default (SQLite), 1 worker: {run['events_per_s']:,.0f} events/s"
                   f" ({run['seconds']:.1f} s); worker CPU {run['worker_cpu_seconds']:.1f} s ="
