@@ -57,13 +57,7 @@ class BulkApplier:
         self.created += result.profiles_created
         result.duplicates += len(events) - len(unique)
         if rest:
-            more = self.processor.apply(rest)
-            result.applied += more.applied
-            result.duplicates += more.duplicates
-            result.unattributed += more.unattributed
-            result.profiles_created += more.profiles_created
-            result.merges += more.merges
-            result.derived += more.derived
+            result.add(self.processor.apply(rest))
         return result
 
     # -- the bulk part, inside one transaction ------------------------------------------

@@ -148,13 +148,7 @@ class ColumnarApplier:
                 time.sleep(0.005 * (2**attempt))
         self.created += result.profiles_created
         if rest:
-            more = self.processor.apply(rest)
-            result.applied += more.applied
-            result.duplicates += more.duplicates
-            result.unattributed += more.unattributed
-            result.profiles_created += more.profiles_created
-            result.merges += more.merges
-            result.derived += more.derived
+            result.add(self.processor.apply(rest))
         return result
 
     def _commit(self, tx: StoreTx, prepared: Prepared) -> tuple[BatchResult, list[Event]]:

@@ -42,6 +42,15 @@ class BatchResult:
     merges: int = 0
     derived: list[Event] = field(default_factory=list)
 
+    def add(self, more: BatchResult) -> None:
+        """Count ``more`` in too (a chunk applied partly in bulk, partly per event)."""
+        self.applied += more.applied
+        self.duplicates += more.duplicates
+        self.unattributed += more.unattributed
+        self.profiles_created += more.profiles_created
+        self.merges += more.merges
+        self.derived += more.derived
+
 
 class BatchGraph:
     """The identity graph and traits one batch touches: read once, written through."""
