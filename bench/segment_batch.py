@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import resource
 import shutil
 import sys
 import tempfile
@@ -33,12 +34,18 @@ from pzlib import member_events
 
 from tessera.config import default_config, parse_config
 from tessera.events.envelope import Event, parse_time
-from tessera.personalization.batch import evaluate_all
+from tessera.personalization.batch import EngineSpec, evaluate_all
 from tessera.personalization.engine import Personalizer
 from tessera.personalization.state.sqlite import SQLiteState
 from tessera.runtime import Runtime
 
 TARGET_SECONDS = 60.0
+
+
+def cpu_time() -> float:
+    """CPU seconds of this process and of the evaluation processes it waited for."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def audiences(total: int) -> list[dict[str, Any]]:
@@ -119,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audiences", type=int, default=50)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--data-dir", help="data directory to use (default: a temp dir)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="split the evaluation over this many processes")
     args = parser.parse_args(argv)
     base = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="tessera-pz-"))
     config = config_with(args.audiences)
@@ -136,12 +145,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  loaded {n:,} events of {args.people:,} members in "
                   f"{time.perf_counter() - started:.0f} s")
             engine = Personalizer(config.personalization, runtime.store, state)
-            cpu = time.process_time()
-            first = evaluate_all(engine)
-            first_cpu = time.process_time() - cpu
-            cpu = time.process_time()
-            second = evaluate_all(engine)
-            second_cpu = time.process_time() - cpu
+            spec = EngineSpec.of(runtime, engine)
+            cpu = cpu_time()
+            first = evaluate_all(engine, processes=args.processes, spec=spec)
+            first_cpu = cpu_time() - cpu
+            cpu = cpu_time()
+            second = evaluate_all(engine, processes=args.processes, spec=spec)
+            second_cpu = cpu_time() - cpu
             return n, (first, first_cpu), (second, second_cpu), len(engine.audiences)
         finally:
             state.close()
@@ -153,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.data_dir:
             shutil.rmtree(base, ignore_errors=True)
     print(f"  measured at: {machine_line()}")
+    print(f"  processes: {args.processes}")
     print(f"  first evaluation of {count} audiences over {first.profiles:,} profiles: "
           f"{first.seconds:.1f} s ({first.profiles / first.seconds:,.0f} profiles/s), "
           f"{first_cpu:.1f} CPU s, {first.entered:,} entries")

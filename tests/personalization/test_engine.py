@@ -407,3 +407,70 @@ def test_segment_event_row_is_the_envelope_it_stands_for(since: float | None) ->
     assert event == expected
     assert payload == expected.to_json()
     assert (topic, uid, key) == (DERIVED_TOPIC, expected.uid, expected.partition_key)
+
+
+async def test_batch_evaluation_in_two_processes_gives_what_one_gives(
+        tmp_path: Path, make: Make) -> None:
+    """The profiles split over two spawned processes: the same memberships, the same
+    entry events (ids included), as evaluating in this process."""
+    from tessera.personalization.batch import EngineSpec
+
+    looser = config_with({**SECTION, "audiences": [
+        {"name": "towed", "rule": {"path": "computed.tows_12m", "gte": 1}},
+        {"name": "spenders", "rule": {"path": "computed.spend", "gte": 100}}]})
+    results = []
+    for processes in (1, 2):
+        async with make(CONFIG, tmp_path / f"p{processes}") as h:
+            people = [{"member_number": f"M-{i}"} for i in range(40)]
+            await h.send(*[h.event(p, "tow.completed", event_id=f"t{i}")
+                           for i, p in enumerate(people) if i % 2 == 0],
+                         *[h.event({**p, "total": 150.0}, "booking.created", event_id=f"b{i}")
+                           for i, p in enumerate(people) if i % 3 == 0])
+            await h.process()
+            engine = Personalizer(looser.personalization, h.runtime.store, h.service.state)
+            report = evaluate_all(engine, chunk=7, run="batch:fixed", processes=processes,
+                                  spec=EngineSpec.of(h.runtime, engine))
+            await h.service.relay()
+            events = await h.derived("segment.entered")
+            members = {}
+            for p in people:
+                found = h.runtime.store.resolve(f"member_number:{p['member_number']}")
+                members[p["member_number"]] = (
+                    None if found is None else sorted(h.service.state.memberships_of(found)))
+            results.append(((report.profiles, report.entered, report.exited), members,
+                            sorted((e.data["segment"], e.data["reason"]) for e in events
+                                   if e.data["reason"] == "batch")))
+    assert results[0] == results[1]
+    (profiles, entered, _), members, _ = results[0]
+    # towed: the 20 even members; spenders: the 14 multiples of 3; M-1 has no profile
+    assert profiles == 27 and entered == 20 + 14
+    assert members["M-0"] == ["spenders", "towed"] and members["M-2"] == ["towed"]
+    assert members["M-3"] == ["spenders"] and members["M-1"] is None
+
+
+async def test_batch_evaluation_sees_a_change_made_while_it_evaluated(
+        tmp_path: Path, make: Make) -> None:
+    """Evaluation runs outside the state's write lock; a profile whose aggregates change
+    in between is evaluated again under the lock, so the change is not overwritten."""
+    async with make(CONFIG, tmp_path) as h:
+        await h.send(h.event(M1, "tow.completed"))
+        await h.process()
+        pid = h.pid("member_number:M-1")
+        strict = config_with({**SECTION, "audiences": [
+            {"name": "twice_towed", "rule": {"path": "computed.tows_12m", "gte": 2}}]})
+        engine = Personalizer(strict.personalization, h.runtime.store, h.service.state)
+        original = engine.wanted
+        second_tow = h.event(M1, "tow.completed")
+        changed: list[bool] = []
+
+        def wanted_then_change(*args: Any, **kwargs: Any) -> set[str]:
+            result = original(*args, **kwargs)
+            if not changed:  # the first evaluation saw one tow: now a second one lands
+                changed.append(True)
+                h.service.engine.apply([(second_tow, pid)])
+            return result
+
+        engine.wanted = wanted_then_change  # type: ignore[method-assign]
+        report = evaluate_all(engine)
+        assert changed and report.entered == 1
+        assert "twice_towed" in h.service.state.memberships_of(pid)

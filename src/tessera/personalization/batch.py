@@ -9,12 +9,21 @@ emitted for a membership that stays.
 
 from __future__ import annotations
 
+import multiprocessing
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tessera.personalization.engine import EXITED, Cause, Outcome, Personalizer
+from tessera.personalization.model import AudienceConfig
 from tessera.personalization.queries import timeline_events
+
+if TYPE_CHECKING:
+    from tessera.config import TesseraConfig
+    from tessera.runtime import Runtime
 
 
 @dataclass(slots=True)
@@ -45,36 +54,126 @@ def _add(report: BatchReport, outcome: Outcome) -> None:
 def evaluate_all(engine: Personalizer, chunk: int = 500,
                  progress: Callable[[int], None] | None = None, *,
                  only: set[str] | None = None, run: str | None = None,
-                 reason: str = "batch") -> BatchReport:
+                 reason: str = "batch", processes: int = 1,
+                 spec: EngineSpec | None = None) -> BatchReport:
     """Evaluate every audience for every live profile; memberships follow the result.
 
     ``only`` limits the changes to these audiences (a saved audience being filled in:
     reason ``saved``). ``run`` names the run in the events' causes; two workers filling
     in the same saved audience give the same name, so their events have the same ids
     and the bus keeps one of each.
+
+    Each chunk is evaluated outside the state's write lock and written under it (see
+    :func:`_evaluate_chunk`), so with ``processes`` > 1 (and a ``spec`` to open the
+    engine again in each process) the profiles are split among that many processes,
+    which evaluate on their own cores while one of them writes.
     """
-    report = BatchReport()
     started = time.perf_counter()
     run = run or f"batch:{time.time()!r}"
-    for pids in _chunks(engine.store.iter_profile_ids(), chunk):
-        outcome = Outcome()
-        now = engine.clock()
-        profiles = engine.read_profiles(pids)
-        with engine.state.transaction() as tx:
-            tx.lock(pids)
-            states = tx.trait_states(pids)
-            members = tx.memberships(pids)
-            for pid in pids:
-                engine.evaluate(tx, pid, states[pid], members[pid],
-                                Cause(f"{run}:{pid}", reason), now, outcome, profiles[pid],
-                                only)
-            engine.queue(tx, outcome)
+    if processes > 1 and spec is not None:
+        report = _in_processes(spec, processes, chunk, only, run, reason)
+        if progress is not None:
+            progress(report.profiles)
+    else:
+        report = _evaluate_part(engine, chunk, progress, only, run, reason)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _evaluate_part(engine: Personalizer, chunk: int, progress: Callable[[int], None] | None,
+                   only: set[str] | None, run: str, reason: str,
+                   part: tuple[int, int] = (0, 1)) -> BatchReport:
+    """The profiles of one part (``part`` = (k, n): those whose id hashes to k of n)."""
+    report = BatchReport()
+    k, n = part
+    ids: Iterator[str] = iter(engine.store.iter_profile_ids())
+    if n > 1:
+        ids = (pid for pid in ids if zlib.crc32(pid.encode()) % n == k)
+    for pids in _chunks(ids, chunk):
+        outcome = _evaluate_chunk(engine, pids, only, run, reason)
         report.profiles += len(pids)
         _add(report, outcome)
         if progress is not None:
             progress(report.profiles)
-    report.seconds = time.perf_counter() - started
     return report
+
+
+def _evaluate_chunk(engine: Personalizer, pids: list[str], only: set[str] | None, run: str,
+                    reason: str) -> Outcome:
+    """Evaluate a chunk from what its profiles hold, then write what changed.
+
+    The evaluation (most of the CPU) runs between two short state transactions: the
+    first reads the aggregates, the second reads them and the memberships again, under
+    the lock, and writes. A profile whose aggregates changed in between (an event
+    applied meanwhile) is evaluated again inside the lock, so the result is what one
+    transaction would have given.
+    """
+    outcome = Outcome()
+    now = engine.clock()
+    profiles = engine.read_profiles(pids)
+    with engine.state.transaction() as tx:
+        states = tx.trait_states(pids)
+    wanted = {pid: engine.wanted(pid, states[pid], now, profiles[pid]) for pid in pids}
+    with engine.state.transaction() as tx:
+        tx.lock(pids)
+        current_states = tx.trait_states(pids)
+        members = tx.memberships(pids)
+        for pid in pids:
+            want = wanted[pid]
+            if current_states[pid] != states[pid]:
+                want = engine.wanted(pid, current_states[pid], now, profiles[pid])
+            engine.follow(tx, pid, want, members[pid], Cause(f"{run}:{pid}", reason), now,
+                          outcome, only)
+        engine.queue(tx, outcome)
+    return outcome
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSpec:
+    """What another process needs to open an engine on the same store and state."""
+
+    config: TesseraConfig
+    data_dir: Path
+    store_url: str | None
+    audiences: list[AudienceConfig]
+
+    @classmethod
+    def of(cls, runtime: Runtime, engine: Personalizer) -> EngineSpec:
+        return cls(runtime.config, runtime.data_dir, runtime.store_url, list(engine.audiences))
+
+
+def _in_processes(spec: EngineSpec, processes: int, chunk: int, only: set[str] | None,
+                  run: str, reason: str) -> BatchReport:
+    # spawned, not forked: the caller's threads (bus writer, checkpointer) and open
+    # SQLite connections must not be copied into the children
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(processes) as pool:
+        parts = pool.starmap(_part_in_process, [(spec, (k, processes), chunk, only, run, reason)
+                                                for k in range(processes)])
+    report = BatchReport()
+    for part in parts:
+        report.profiles += part.profiles
+        report.entered += part.entered
+        report.exited += part.exited
+    return report
+
+
+def _part_in_process(spec: EngineSpec, part: tuple[int, int], chunk: int,
+                     only: set[str] | None, run: str, reason: str) -> BatchReport:
+    from tessera.personalization.state import open_state
+    from tessera.runtime import Runtime
+
+    runtime = Runtime(spec.config, spec.data_dir, store_url=spec.store_url)
+    state = open_state(runtime.store_url, runtime.data_dir)
+    try:
+        engine = Personalizer(spec.config.personalization, runtime.store, state)
+        engine.set_audiences(spec.audiences)
+        return _evaluate_part(engine, chunk, None, only, run, reason, part)
+    finally:
+        state.close()
+        runtime.store.close()
+        if "records" in runtime.__dict__:  # opened to check the encryption keys
+            runtime.records.close()
 
 
 def retire(engine: Personalizer, audience: str, chunk: int = 500) -> BatchReport:

@@ -141,12 +141,18 @@ def segments_members(name: Annotated[str, typer.Argument(help="The audience")],
 
 
 @segments_app.command("evaluate")
-def segments_evaluate(config: ConfigOpt = None, data_dir_: DataDirOpt = None) -> None:
+def segments_evaluate(
+    config: ConfigOpt = None,
+    data_dir_: DataDirOpt = None,
+    processes: Annotated[int, typer.Option(
+        min=1, max=64, help="Split the profiles over this many processes (one per core)")] = 1,
+) -> None:
     """Evaluate every audience over every profile now (after a rule change, say)."""
-    from tessera.personalization.batch import evaluate_all
+    from tessera.personalization.batch import EngineSpec, evaluate_all
 
     started = time.perf_counter()
-    report = _with_engine(config, data_dir_, lambda rt, engine: evaluate_all(engine))
+    report = _with_engine(config, data_dir_, lambda rt, engine: evaluate_all(
+        engine, processes=processes, spec=EngineSpec.of(rt, engine)))
     console.print(f"evaluated {report.profiles} profile(s) in "
                   f"{time.perf_counter() - started:.1f}s: {report.entered} entered, "
                   f"{report.exited} exited")

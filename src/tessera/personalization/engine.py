@@ -243,6 +243,15 @@ class Personalizer:
         """
         if not self.audiences:
             return
+        self.follow(tx, pid, self.wanted(pid, states, now, known), current, cause, now, result,
+                    only)
+
+    def wanted(self, pid: str, states: TraitStates, now: float,
+               known: tuple[dict[str, Any], dict[str, list[str]]] | None = None) -> set[str]:
+        """The audiences one profile belongs in now (no state read or written: batch
+        evaluation computes this outside the state's write lock)."""
+        if not self.audiences:
+            return set()
         if known is None:
             facts = self.facts(pid, self.store.get_profile(pid), states, now)
         else:
@@ -250,7 +259,12 @@ class Personalizer:
             facts = Facts(profile_id=pid, traits=traits,
                           computed=self.computed.values(states, now), identifiers=identifiers,
                           consent=self.consent.for_profile(traits))
-        wanted = memberships(self.audiences, facts, self.rules)
+        return memberships(self.audiences, facts, self.rules)
+
+    def follow(self, tx: StateTx, pid: str, wanted: set[str], current: dict[str, float],
+               cause: Cause, now: float, result: Outcome, only: set[str] | None = None) -> None:
+        """Enter and leave so that the profile's memberships are ``wanted`` (see
+        :meth:`evaluate` for ``only`` and audiences this engine does not know)."""
         for name in [a.name for a in self.audiences]:
             if only is not None and name not in only:
                 continue
