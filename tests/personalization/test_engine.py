@@ -474,3 +474,33 @@ async def test_batch_evaluation_sees_a_change_made_while_it_evaluated(
         report = evaluate_all(engine)
         assert changed and report.entered == 1
         assert "twice_towed" in h.service.state.memberships_of(pid)
+
+
+async def test_batch_evaluation_goes_on_while_the_store_is_written(
+        tmp_path: Path, make: Make) -> None:
+    """Events applied to the store while a batch evaluation runs (the profiles processor
+    keeps working) do not stop it: it holds no read cursor open across its writes."""
+    import threading
+
+    async with make(CONFIG, tmp_path) as h:
+        await h.send(*[h.event({"member_number": f"M-{i}"}, "tow.completed")
+                       for i in range(12)])
+        await h.process()
+        engine = Personalizer(CONFIG.personalization, h.runtime.store, h.service.state)
+        original = engine.read_profiles
+        writes = 0
+
+        def read_then_another_writes(pids: Any) -> Any:
+            nonlocal writes
+            out = original(pids)
+            writes += 1
+            event = h.event({"member_number": f"N-{writes}"}, "tow.completed")
+            # another thread has its own connection: a second writer, as a worker is
+            writer = threading.Thread(target=h.runtime.processor.apply, args=([event],))
+            writer.start()
+            writer.join()
+            return out
+
+        engine.read_profiles = read_then_another_writes  # type: ignore[method-assign]
+        report = evaluate_all(engine, chunk=5)
+        assert writes == 3 and report.profiles == 12

@@ -86,10 +86,12 @@ def _evaluate_part(engine: Personalizer, chunk: int, progress: Callable[[int], N
     """The profiles of one part (``part`` = (k, n): those whose id hashes to k of n)."""
     report = BatchReport()
     k, n = part
-    ids: Iterator[str] = iter(engine.store.iter_profile_ids())
-    if n > 1:
-        ids = (pid for pid in ids if zlib.crc32(pid.encode()) % n == k)
-    for pids in _chunks(ids, chunk):
+    # read up front: a cursor left open across the chunks' transactions would hold a
+    # read snapshot on the store's connection, and SQLite refuses (busy, at once) to
+    # begin a write there once another process or thread has written meanwhile
+    ids = [pid for pid in engine.store.iter_profile_ids()
+           if n == 1 or zlib.crc32(pid.encode()) % n == k]
+    for pids in _chunks(iter(ids), chunk):
         outcome = _evaluate_chunk(engine, pids, only, run, reason)
         report.profiles += len(pids)
         _add(report, outcome)
