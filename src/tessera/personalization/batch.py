@@ -100,32 +100,64 @@ def _evaluate_part(engine: Personalizer, chunk: int, progress: Callable[[int], N
     return report
 
 
+class _Planned:
+    """Stands for the state transaction while a chunk is evaluated outside the lock: the
+    memberships one profile enters and leaves, and the events that say so, to be written
+    under the lock if nothing changed meanwhile."""
+
+    __slots__ = ("changes", "outcome")
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, str, float | None]] = []
+        self.outcome = Outcome()
+
+    def enter(self, audience: str, profile_id: str, since: float) -> None:
+        self.changes.append((audience, profile_id, since))
+
+    def leave(self, audience: str, profile_id: str) -> None:
+        self.changes.append((audience, profile_id, None))
+
+
 def _evaluate_chunk(engine: Personalizer, pids: list[str], only: set[str] | None, run: str,
                     reason: str) -> Outcome:
     """Evaluate a chunk from what its profiles hold, then write what changed.
 
-    The evaluation (most of the CPU) runs between two short state transactions: the
-    first reads the aggregates, the second reads them and the memberships again, under
-    the lock, and writes. A profile whose aggregates changed in between (an event
-    applied meanwhile) is evaluated again inside the lock, so the result is what one
-    transaction would have given.
+    The evaluation and the entry and exit events (most of the CPU) are made between two
+    short state transactions: the first reads the aggregates and memberships, the
+    second reads them again, under the lock, and writes. A profile whose aggregates or
+    memberships changed in between (an event applied meanwhile) is evaluated again
+    inside the lock, so the result is what one transaction would have given.
     """
-    outcome = Outcome()
     now = engine.clock()
     profiles = engine.read_profiles(pids)
     with engine.state.transaction() as tx:
         states = tx.trait_states(pids)
-    wanted = {pid: engine.wanted(pid, states[pid], now, profiles[pid]) for pid in pids}
+        before = tx.memberships(pids)
+    plans: dict[str, _Planned] = {}
+    for pid in pids:
+        plan = plans[pid] = _Planned()
+        engine.follow(plan, pid, engine.wanted(pid, states[pid], now, profiles[pid]),
+                      dict(before[pid]), Cause(f"{run}:{pid}", reason), now, plan.outcome, only)
+    outcome = Outcome()
     with engine.state.transaction() as tx:
         tx.lock(pids)
         current_states = tx.trait_states(pids)
         members = tx.memberships(pids)
         for pid in pids:
-            want = wanted[pid]
-            if current_states[pid] != states[pid]:
+            plan = plans[pid]
+            if current_states[pid] == states[pid] and members[pid] == before[pid]:
+                for audience, profile_id, since in plan.changes:
+                    if since is None:
+                        tx.leave(audience, profile_id)
+                    else:
+                        tx.enter(audience, profile_id, since)
+                outcome.entered += plan.outcome.entered
+                outcome.exited += plan.outcome.exited
+                outcome.events += plan.outcome.events
+            else:
                 want = engine.wanted(pid, current_states[pid], now, profiles[pid])
-            engine.follow(tx, pid, want, members[pid], Cause(f"{run}:{pid}", reason), now,
-                          outcome, only)
+                engine.follow(tx, pid, want, members[pid], Cause(f"{run}:{pid}", reason), now,
+                              outcome, only)
         engine.queue(tx, outcome)
     return outcome
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -48,6 +48,15 @@ SOURCE = "tessera/personalization"
 SPECVERSION = "1.0"
 ENTERED = "segment.entered"
 EXITED = "segment.exited"
+
+
+class Memberships(Protocol):
+    """Where :meth:`Personalizer.follow` enters and leaves: a state transaction, or a
+    plan of the changes to write later (batch evaluation)."""
+
+    def enter(self, audience: str, profile_id: str, since: float) -> None: ...
+
+    def leave(self, audience: str, profile_id: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -261,7 +270,7 @@ class Personalizer:
                           consent=self.consent.for_profile(traits))
         return memberships(self.audiences, facts, self.rules)
 
-    def follow(self, tx: StateTx, pid: str, wanted: set[str], current: dict[str, float],
+    def follow(self, tx: Memberships, pid: str, wanted: set[str], current: dict[str, float],
                cause: Cause, now: float, result: Outcome, only: set[str] | None = None) -> None:
         """Enter and leave so that the profile's memberships are ``wanted`` (see
         :meth:`evaluate` for ``only`` and audiences this engine does not know)."""
