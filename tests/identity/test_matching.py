@@ -175,6 +175,10 @@ async def test_review_api(runtime: Runtime, review: ReviewStore, tmp_path: Path)
         listed = (await http.get("/v1/identity/review", headers=headers)).json()
         assert [(p["a"], p["b"]) for p in listed["pairs"]] == [tuple(sorted((a, b)))]
         assert (await http.get("/v1/identity/review")).status_code == 401
+        # an offset past 64-bit integers is past the queue: an empty page, not a 500
+        far = await http.get("/v1/identity/review", headers=headers,
+                             params={"offset": str(10**25)})
+        assert far.status_code == 200 and far.json()["pairs"] == []
         merged = await http.post("/v1/identity/review/accept", headers=headers,
                                  json={"a": a, "b": b})
         assert merged.status_code == 200 and merged.json()["profile_id"] == b

@@ -64,7 +64,12 @@ def test_dead_letters_and_replay(tmp_path: Path) -> None:
             send(api.url, first)
             r = httpx.get(f"{api.url}/v1/consumers", headers=READ, timeout=10)
             assert r.status_code == 200
-            assert r.json() == [{"group": "profiles", "topic": "events", "lag": len(first)}]
+            consumers = r.json()
+            assert {"group": "profiles", "topic": "events", "lag": len(first)} in consumers
+            # the demo configuration has personalization: its group reads events and derived
+            assert {(c["group"], c["topic"]) for c in consumers} == {
+                ("profiles", "events"), ("personalization", "events"),
+                ("personalization", "derived")}
             assert httpx.get(f"{api.url}/v1/consumers", timeout=10).status_code == 401
 
             worker = deployment.worker()

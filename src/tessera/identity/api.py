@@ -41,14 +41,19 @@ def _pair(body: dict[str, Any]) -> tuple[str, str]:
     return a, b
 
 
+MAX_OFFSET = 2**62
+"""Past any real review queue, inside a 64-bit integer (SQLite and PostgreSQL)."""
+
+
 @router.get("/v1/identity/review", summary="Candidate pairs, highest score first (admin)")
 async def list_pairs(request: Request, state: str = "pending", limit: int = 100,
                      offset: int = 0) -> Response:
     _, review = _setup(request)
     if state not in STATES:
         raise ApiError(400, "invalid_request", f"state must be one of {', '.join(STATES)}")
+    # clamped, as the limit is: an offset past SQLite's 64-bit integers was a 500
     pairs = await asyncio.to_thread(review.pairs, state, max(1, min(limit, 1000)),
-                                    max(0, offset))
+                                    max(0, min(offset, MAX_OFFSET)))
     return json_response({"pairs": [p.as_dict() for p in pairs], "counts": review.counts()})
 
 
