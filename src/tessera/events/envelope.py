@@ -96,6 +96,24 @@ def iso_time(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
+class IsoTimes:
+    """``iso_time`` remembered for up to ``size`` times: the rows of an import share their
+    receive time and, without a time column, their event time, so a chunk formats one or
+    two instead of one per row."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._known: dict[float, str] = {}
+
+    def __call__(self, ts: float) -> str:
+        found = self._known.get(ts)
+        if found is None:
+            if len(self._known) >= self.size:
+                self._known.clear()
+            found = self._known[ts] = iso_time(ts)
+        return found
+
+
 def parse_time(value: Any) -> float:
     """Parse an RFC 3339 timestamp into epoch seconds; ValueError names the problem."""
     if not isinstance(value, str) or not value:

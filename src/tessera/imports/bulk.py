@@ -25,10 +25,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from tessera.events.envelope import Event, iso_time
+from tessera.events.envelope import Event, IsoTimes
 from tessera.identity.resolver import new_profile_id
 from tessera.processing.profiles import DERIVED_TOPIC, BatchResult, ProfileProcessor
-from tessera.store.base import Conflict, Identifier, NewProfile, StoreTx, TimelineEntry, Trait
+from tessera.store.base import Identifier, NewProfile, StoreTx, TimelineEntry, Trait, in_transaction
 
 
 class BulkApplier:
@@ -37,7 +37,7 @@ class BulkApplier:
     def __init__(self, processor: ProfileProcessor) -> None:
         self.processor = processor
         self.store = processor.store
-        self._times: dict[float, str] = {}
+        self._iso = IsoTimes()
         self.created = 0
         """Profiles this applier created with the bulk path (the rest went per event)."""
 
@@ -45,15 +45,8 @@ class BulkApplier:
         unique: dict[str, Event] = {}
         for event in events:
             unique.setdefault(event.uid, event)
-        for attempt in range(retries + 1):
-            try:
-                with self.store.transaction() as tx:
-                    result, rest = self._bulk(tx, list(unique.values()))
-                break
-            except Conflict:
-                if attempt == retries:
-                    raise
-                time.sleep(0.005 * (2**attempt))
+        result, rest = in_transaction(self.store,
+                                      lambda tx: self._bulk(tx, list(unique.values())), retries)
         self.created += result.profiles_created
         result.duplicates += len(events) - len(unique)
         if rest:
@@ -131,14 +124,6 @@ class BulkApplier:
                 diff = {n: {"old": None, "new": t.value} for n, t in traits.items()}
                 derived.append(processor._updated_event(event, pid, diff, now))
         return made, derived
-
-    def _iso(self, ts: float) -> str:
-        found = self._times.get(ts)
-        if found is None:
-            if len(self._times) > 10_000:
-                self._times.clear()
-            found = self._times[ts] = iso_time(ts)
-        return found
 
     def _cloudevent(self, event: Event) -> dict[str, Any]:
         """``event.to_cloudevent()``, with the times of a chunk (mostly one or two) formatted

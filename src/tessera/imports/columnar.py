@@ -29,9 +29,9 @@ from typing import Any
 
 import orjson
 
-from tessera.events.envelope import Event, iso_time
+from tessera.events.envelope import Event, IsoTimes
 from tessera.processing.profiles import DERIVED_SOURCE, DERIVED_TOPIC, BatchResult, ProfileProcessor
-from tessera.store.base import Conflict, Identifier, ProfileColumns, StoreTx
+from tessera.store.base import Identifier, ProfileColumns, StoreTx, in_transaction
 
 _UPDATED_UID_SOURCE = f"tessera\x1f{DERIVED_SOURCE}\x1f".encode()
 
@@ -76,7 +76,7 @@ class ColumnarApplier:
         self.make_event = make_event
         self.created = 0
         self._uid_key = f"{source}\x1f{import_source}\x1f{id_prefix}".encode()
-        self._times: dict[float, str] = {}
+        self._iso = IsoTimes()
         self._ids = 0
 
     # -- per-row values built in bulk -------------------------------------------------
@@ -92,14 +92,6 @@ class ColumnarApplier:
         every index keyed by profile id instead of to random pages."""
         head = f"prf_{time.time_ns() // 1_000_000:012x}{int.from_bytes(os.urandom(5)):010x}"
         return [f"{head}{i:010x}" for i in range(n)]
-
-    def _iso(self, ts: float) -> str:
-        found = self._times.get(ts)
-        if found is None:
-            if len(self._times) > 10_000:
-                self._times.clear()
-            found = self._times[ts] = iso_time(ts)
-        return found
 
     # -- applying ---------------------------------------------------------------------
 
@@ -137,15 +129,8 @@ class ColumnarApplier:
     def commit(self, prepared: Prepared, retries: int = 8) -> BatchResult:
         """Write the prepared rows the store does not contradict (applied already, an
         identifier known, erased) in one transaction; then the rest per event."""
-        for attempt in range(retries + 1):
-            try:
-                with self.store.transaction() as tx:
-                    result, rest = self._commit(tx, prepared)
-                break
-            except Conflict:
-                if attempt == retries:
-                    raise
-                time.sleep(0.005 * (2**attempt))
+        result, rest = in_transaction(self.store, lambda tx: self._commit(tx, prepared),
+                                      retries)
         self.created += result.profiles_created
         if rest:
             result.add(self.processor.apply(rest))

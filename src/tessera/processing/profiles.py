@@ -27,7 +27,15 @@ from tessera.events.envelope import Event, event_uid, iso_time
 from tessera.identity.resolver import IdentityResolver
 from tessera.profiles.survivorship import Survivorship
 from tessera.profiles.traits import TraitExtractor
-from tessera.store.base import Conflict, Identifier, Store, StoreTx, TimelineEntry, Trait
+from tessera.store.base import (
+    Conflict,
+    Identifier,
+    Store,
+    StoreTx,
+    TimelineEntry,
+    Trait,
+    in_transaction,
+)
 
 DERIVED_SOURCE = "tessera/profiles"
 MAX_LOCK_ROUNDS = 8
@@ -175,15 +183,7 @@ class ProfileProcessor:
         """Drops or anonymizes events that carry erased identifiers (set by the runtime)."""
 
     def apply(self, events: Sequence[Event], retries: int = 8) -> BatchResult:
-        for attempt in range(retries + 1):
-            try:
-                with self.store.transaction() as tx:
-                    return self._apply(tx, events)
-            except Conflict:
-                if attempt == retries:
-                    raise
-                time.sleep(0.005 * (2**attempt))
-        raise AssertionError("unreachable")
+        return in_transaction(self.store, lambda tx: self._apply(tx, events), retries)
 
     def _apply(self, tx: StoreTx, events: Sequence[Event]) -> BatchResult:
         result = BatchResult()

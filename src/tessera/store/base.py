@@ -12,10 +12,11 @@ talks to it only through these methods; a backend is plain data access.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 Identifier = tuple[str, str]
 
@@ -433,6 +434,24 @@ class Store(abc.ABC):
 
 class Conflict(Exception):
     """A concurrent transaction won (deadlock, serialization failure); retry the unit of work."""
+
+
+T = TypeVar("T")
+
+
+def in_transaction(store: Store, work: Callable[[StoreTx], T], retries: int = 8) -> T:
+    """``work`` in one store transaction, run again with a growing pause (5 ms, 10 ms,
+    ...) while a concurrent transaction wins (:class:`Conflict`), at most ``retries``
+    times more."""
+    for attempt in range(retries + 1):
+        try:
+            with store.transaction() as tx:
+                return work(tx)
+        except Conflict:
+            if attempt == retries:
+                raise
+            time.sleep(0.005 * (2**attempt))
+    raise AssertionError("unreachable")
 
 
 class StoreUnavailable(Exception):
