@@ -13,7 +13,7 @@ import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import orjson
 
@@ -75,6 +75,15 @@ def read(path: Path, fmt: Format, start: Position | None = None,
     return _read_parquet(path, start)
 
 
+def _counted_lines(fh: IO[bytes], state: list[int]) -> Iterator[str]:
+    """The file's lines as text, counting into ``state`` the bytes and the lines consumed
+    (the position an import resumes from)."""
+    for raw in fh:
+        state[0] += len(raw)
+        state[1] += 1
+        yield raw.decode("utf-8", "replace")
+
+
 def _read_csv(path: Path, start: Position, delimiter: str) -> Iterator[tuple[Record, Position]]:
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed in the finally below
@@ -82,14 +91,8 @@ def _read_csv(path: Path, start: Position, delimiter: str) -> Iterator[tuple[Rec
         raise ReaderError(f"{path}: cannot open: {exc.strerror}") from None
     state = [0, 0]  # bytes consumed, lines consumed
 
-    def lines() -> Iterator[str]:
-        for raw in fh:
-            state[0] += len(raw)
-            state[1] += 1
-            yield raw.decode("utf-8", "replace")
-
     try:
-        reader = csv.reader(lines(), delimiter=delimiter, strict=True)
+        reader = csv.reader(_counted_lines(fh, state), delimiter=delimiter, strict=True)
         try:
             header = next(reader)
         except StopIteration:
@@ -227,15 +230,9 @@ def csv_header(path: Path, delimiter: str) -> tuple[list[str], Position]:
         break
     with open(path, "rb") as fh:  # the header's own end: parse it again, counting bytes
         state = [0, 0]
-
-        def lines() -> Iterator[str]:
-            for raw in fh:
-                state[0] += len(raw)
-                state[1] += 1
-                yield raw.decode("utf-8", "replace")
-
         try:
-            header = next(csv.reader(lines(), delimiter=delimiter, strict=True))
+            header = next(csv.reader(_counted_lines(fh, state), delimiter=delimiter,
+                                     strict=True))
         except (StopIteration, csv.Error) as exc:
             raise ReaderError(f"{path.name}: unreadable header: {exc}") from None
     if header and header[0].startswith("\ufeff"):
