@@ -44,9 +44,18 @@ async def populate(api: Api) -> None:
     await api.process()
 
 
-async def erase(api: Api, identifier: str) -> dict[str, Any]:
-    response = await api.client.post("/v1/privacy/erasure", headers=ADMIN,
+async def _request(api: Api, kind: str, identifier: str) -> dict[str, Any]:
+    response = await api.client.post(f"/v1/privacy/{kind}", headers=ADMIN,
                                      json={"identifier": identifier})
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+async def erase(api: Api, identifier: str) -> dict[str, Any]:
+    return await _request(api, "erasure", identifier)
+
+
+async def access(api: Api, identifier: str) -> dict[str, Any]:
+    """The access export of the person ``identifier`` names."""
+    return await _request(api, "access", identifier)

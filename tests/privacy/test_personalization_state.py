@@ -5,14 +5,21 @@ them at once (no personalization processor needs to run), with one exit per memb
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import orjson
 
 from tessera.events.envelope import iso_time
 from tessera.personalization.service import PersonalizationService
 from tests.api.helpers import Api
-from tests.privacy.people import ADMIN, BOB_EMAIL, JANE_EMAIL, erase, event, populate, send
+from tests.privacy.people import (
+    BOB_EMAIL,
+    JANE_EMAIL,
+    access,
+    erase,
+    event,
+    populate,
+    send,
+)
 
 CONTACT_CENTER = "wk_contact_center_123"
 
@@ -32,14 +39,6 @@ async def personalize(api: Api) -> PersonalizationService:
     service = PersonalizationService.from_runtime(api.runtime)
     await service.run_until_idle()
     return service
-
-
-async def access(api: Api, identifier: str) -> dict[str, Any]:
-    response = await api.client.post("/v1/privacy/access", headers=ADMIN,
-                                     json={"identifier": identifier})
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 async def test_the_access_export_includes_the_personalization_state(api: Api) -> None:
