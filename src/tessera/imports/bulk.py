@@ -22,13 +22,26 @@ applied in their transaction, and a chunk applied again finds them applied.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from tessera.events.envelope import Event, IsoTimes
 from tessera.identity.resolver import new_profile_id
 from tessera.processing.profiles import DERIVED_TOPIC, BatchResult, ProfileProcessor
 from tessera.store.base import Identifier, NewProfile, StoreTx, TimelineEntry, Trait, in_transaction
+
+
+def count_identifiers(events: Iterable[Event], seen: dict[Identifier, int]) -> None:
+    """Add to ``seen`` how often each identifier of ``events`` occurs; an alias
+    (``previous_id``) counts twice for each id it may stand for, so that no row sharing
+    one with it is taken for a new person."""
+    for event in events:
+        for type_, value in event.identifiers:
+            if type_ == "previous_id":
+                for expanded in (("user_id", value), ("anonymous_id", value)):
+                    seen[expanded] = seen.get(expanded, 0) + 2
+            else:
+                seen[(type_, value)] = seen.get((type_, value), 0) + 1
 
 
 class BulkApplier:
@@ -88,13 +101,7 @@ class BulkApplier:
         """Rows that can only create a new person: no identifier shared within the chunk,
         one value per identifier type (so no limit applies), no alias to expand."""
         seen: dict[Identifier, int] = {}
-        for event in fresh:
-            for type_, value in event.identifiers:
-                if type_ == "previous_id":
-                    for expanded in (("user_id", value), ("anonymous_id", value)):
-                        seen[expanded] = seen.get(expanded, 0) + 2
-                else:
-                    seen[(type_, value)] = seen.get((type_, value), 0) + 1
+        count_identifiers(fresh, seen)
         out: list[Event] = []
         for event in fresh:
             idents = event.identifiers

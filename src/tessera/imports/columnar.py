@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 
 from tessera.events.envelope import Event, IsoTimes
+from tessera.imports.bulk import count_identifiers
 from tessera.processing.profiles import DERIVED_SOURCE, DERIVED_TOPIC, BatchResult, ProfileProcessor
 from tessera.store.base import Identifier, ProfileColumns, StoreTx, in_transaction
 
@@ -111,13 +112,7 @@ class ColumnarApplier:
         for idents in rows.identifiers:
             for ident in idents:
                 seen[ident] = seen.get(ident, 0) + 1
-        for event in events:
-            for type_, value in event.identifiers:
-                if type_ == "previous_id":
-                    for expanded in (("user_id", value), ("anonymous_id", value)):
-                        seen[expanded] = seen.get(expanded, 0) + 2
-                else:
-                    seen[(type_, value)] = seen.get((type_, value), 0) + 1
+        count_identifiers(events, seen)  # the rows that went through to_event
         candidates = [i for i, idents in enumerate(rows.identifiers)
                       if all(seen[x] == 1 for x in idents)
                       and len({t for t, _ in idents}) == len(idents)]
