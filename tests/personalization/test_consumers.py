@@ -49,3 +49,30 @@ async def test_no_personalization_group_where_personalization_is_off(tmp_path: P
     assert response.status_code == 200, response.text
     groups = {c["group"] for c in response.json()}
     assert "profiles" in groups and "personalization" not in groups
+
+
+async def test_metrics_report_the_groups_of_processors_in_other_processes(api: Client) -> None:
+    """The processors run in worker processes of their own, so the API process scrapes the
+    lag of every group the configuration runs, not only the groups registered in it."""
+    from tests.observability.test_metrics import scraped
+
+    await member(api, "M-2", consent=True, tows=1)  # three events
+    text = (await api.http.get("/metrics")).text
+    assert scraped(text, "tessera_consumer_lag", topic="events", group="profiles") == 3
+    assert scraped(text, "tessera_consumer_lag", topic="events", group="personalization") == 3
+
+    await api.process()
+    text = (await api.http.get("/metrics")).text
+    assert scraped(text, "tessera_consumer_lag", topic="events", group="personalization") == 0
+    assert scraped(text, "tessera_consumer_lag", topic="derived", group="personalization") == 0
+
+
+def test_journey_groups_are_watched_where_journeys_are_configured() -> None:
+    from tessera.config import load_config
+    from tessera.observability.metrics import watched_groups
+
+    root = Path(__file__).resolve().parents[2]
+    config = load_config(root / "examples" / "activation" / "tessera.yaml")
+    assert config.journeys
+    assert {("events", "journeys"), ("derived", "journeys")} <= set(watched_groups(config))
+    assert not {g for _, g in watched_groups(config_with({}))} & {"journeys", "personalization"}

@@ -133,14 +133,10 @@ def create_app(runtime: Runtime, worker_in_process: bool = False) -> FastAPI:
     async def consumers(request: Request) -> Response:
         from tessera.api.auth import require_scope
         from tessera.bus.base import BusUnavailable
-        from tessera.observability.metrics import WATCHED_GROUPS
+        from tessera.observability.metrics import watched_groups
 
         require_scope(runtime, request, "profiles:read")
-        watched = list(WATCHED_GROUPS)
-        if runtime.config.personalization.enabled:  # its processor runs in the workers
-            from tessera.personalization.service import consumer_groups
-
-            watched += [g for g in consumer_groups() if g not in watched]
+        watched = watched_groups(runtime.config)
         try:
             lags = await asyncio.wait_for(
                 asyncio.gather(*(runtime.bus.lag(t, g) for t, g in watched)), 5.0)

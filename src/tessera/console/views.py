@@ -272,7 +272,7 @@ async def _stats(state: ConsoleState) -> dict[str, Any]:
     except Exception as exc:
         out["counts"] = {"profiles": f"unavailable ({type(exc).__name__})"}
     try:
-        for topic, group in list(metrics.WATCHED_GROUPS):
+        for topic, group in metrics.watched_groups(runtime.config):
             lag = await asyncio.wait_for(runtime.bus.lag(topic, group), 5.0)
             out["lags"].append({"topic": topic, "group": group, "lag": lag})
         out["dead_letters"] = len(await asyncio.wait_for(runtime.bus.dead_letters(None), 5.0))

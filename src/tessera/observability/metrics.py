@@ -95,6 +95,25 @@ def watch_group(topic: str, group: str) -> None:
         WATCHED_GROUPS.append((topic, group))
 
 
+def watched_groups(config: Any) -> list[tuple[str, str]]:
+    """The groups whose lag ``/metrics``, ``/v1/consumers`` and the console report.
+
+    Processors run in worker processes of their own, so the API process learns their
+    groups from the configuration rather than from what registered in this process.
+    """
+    watched = list(WATCHED_GROUPS)
+    extra: list[tuple[str, str]] = []
+    if config.personalization.enabled:
+        from tessera.personalization.service import consumer_groups
+
+        extra += consumer_groups()
+    if config.journeys:
+        from tessera.journeys.engine import GROUP, TOPICS
+
+        extra += [(topic, GROUP) for topic in TOPICS]
+    return watched + [group for group in extra if group not in watched]
+
+
 class IngestTotals:
     """Plain in-process totals, for rates shown in the console without parsing metrics."""
 

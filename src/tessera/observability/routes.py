@@ -21,7 +21,7 @@ router = APIRouter(tags=["health"])
 )
 async def prometheus_metrics(request: Request) -> Response:
     runtime = request.app.state.runtime
-    extra = await metrics.bus_gauges(runtime.bus)
+    extra = await metrics.bus_gauges(runtime.bus, metrics.watched_groups(runtime.config))
     body = await asyncio.to_thread(metrics.exposition, extra)
     return Response(body, media_type=metrics.CONTENT_TYPE)
 
