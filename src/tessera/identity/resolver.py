@@ -13,7 +13,8 @@ batch of events touches, read from the store once and written through.
 
 from __future__ import annotations
 
-import uuid
+import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -52,7 +53,11 @@ class Graph(Protocol):
 
 
 def new_profile_id() -> str:
-    return "prf_" + uuid.uuid4().hex
+    """``prf_`` and 32 hex digits: the creation time in milliseconds (12 digits) and 80
+    random bits (20), the layout of a UUIDv7. Ids made later sort later, so a new profile
+    goes to the right edge of every index keyed by profile id (profiles, traits, the
+    timeline's, the identities') instead of to a random page of each."""
+    return f"prf_{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
 class IdentityResolver:

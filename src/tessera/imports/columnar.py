@@ -77,13 +77,20 @@ class ColumnarApplier:
         self.make_event = make_event
         self.created = 0
         self._uid_key = f"{source}\x1f{import_source}\x1f{id_prefix}".encode()
+        self.uid_prefix: str | None = None
+        """Set by the job: row uids are this and the line in 16 hex digits
+        (:func:`.job.import_uid`); None: the hash of (source, import source, event id)."""
         self._iso = IsoTimes()
         self._ids = 0
 
     # -- per-row values built in bulk -------------------------------------------------
 
     def uids(self, lines: Sequence[int]) -> list[str]:
-        """``event_uid(source, import source, f"{import id}:{line}")`` for every line."""
+        """The event uid of every line: :func:`.job.import_uid`, or for an import begun by
+        an earlier version ``event_uid(source, import source, f"{import id}:{line}")``."""
+        if self.uid_prefix is not None:
+            prefix = self.uid_prefix
+            return [f"{prefix}{n:016x}" for n in lines]
         key, blake = self._uid_key, hashlib.blake2b
         return [blake(key + str(n).encode(), digest_size=16).hexdigest() for n in lines]
 
