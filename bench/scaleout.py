@@ -10,7 +10,12 @@ count, the profiles group is rewound to the start of that stream (as
 figure is events applied divided by the time from the first applied batch to
 the last (process start-up excluded; the time including it is printed too).
 The CPU seconds the worker processes used are printed as well: on a machine
-shared with other work, events per CPU-second say more than events/s.
+shared with other work, events per CPU-second say more than events/s. Two
+figures: all of the workers' CPU (start-up included, from the finished
+processes), and the CPU per event of the processing itself, read from
+``/proc`` between the first applied batch and the last (the workers', and the
+PostgreSQL and NATS servers' as a whole, which includes whatever else uses
+them meanwhile).
 The embedded default (SQLite bus and store, one worker process) runs the same
 events for comparison.
 
@@ -38,6 +43,7 @@ import psycopg
 from benchlib import (
     Tessera,
     bus_counts,
+    cpu_seconds,
     event_stream,
     free_port,
     machine_line,
@@ -102,6 +108,32 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def server_pids() -> dict[str, list[int]]:
+    """PostgreSQL's and NATS's processes on this machine, by command name."""
+    out: dict[str, list[int]] = {"postgres": [], "nats": []}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if comm == "postgres":
+            out["postgres"].append(int(entry.name))
+        elif comm == "nats-server":
+            out["nats"].append(int(entry.name))
+    return out
+
+
+def cpu_now(pids: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds so far per named group of processes (a process gone since counts 0)."""
+    out = {}
+    for name, group in pids.items():
+        values = [cpu_seconds(p) for p in group]
+        out[name] = sum(v for v in values if v == v)
+    return out
+
+
 def timed_run(data: Path, events: int, progress: Any, timeout: float,
               args: list[str]) -> dict[str, Any]:
     """Start ``tessera worker ARGS`` and time it until ``progress()`` reaches ``events``."""
@@ -109,23 +141,31 @@ def timed_run(data: Path, events: int, progress: Any, timeout: float,
     cpu_before = children_cpu()
     first: tuple[float, int] | None = None
     worker = Tessera(["worker", "--log-level", "warning", *args], data).start()
+    pids: dict[str, list[int]] = {}
+    cpu_first: dict[str, float] = {}
     try:
         while True:
             done = progress()
             now = time.perf_counter()
             if first is None and done > 0:
                 first = (now, done)
+                pids = {"workers": worker.pids(), **server_pids()}
+                cpu_first = cpu_now(pids)
             if done >= events:
                 break
             if now - started > timeout:
                 raise TimeoutError(f"{done} of {events} applied after {timeout} s")
             time.sleep(0.05)
         finished = time.perf_counter()
+        cpu_last = cpu_now(pids)
     finally:
         worker.stop()
     assert first is not None
     cpu = children_cpu() - cpu_before
+    steady = events - first[1]
+    per_event = {name: (cpu_last[name] - cpu_first[name]) / steady * 1e6 for name in cpu_last}
     return {
+        "steady_cpu_us_per_event": per_event,
         "worker_cpu_seconds": cpu,
         "events_per_worker_cpu_second": events / cpu,
         "seconds_with_startup": finished - started,
@@ -194,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                   f" load before {one:.2f}); lag after: {run['lag_after']};"
                   f" worker CPU {run['worker_cpu_seconds']:.1f} s ="
                   f" {run['events_per_worker_cpu_second']:,.0f} events per CPU-second")
+            print("    CPU per event while processing: " + ", ".join(
+                f"{name} {us:,.0f} µs" for name, us in run["steady_cpu_us_per_event"].items()))
 
         # 3. the embedded default, the same events, one worker process
         if not args.no_embedded:

@@ -28,6 +28,8 @@ from tessera.bus.nats import (
     delete_streams,
     header_text,
     header_value,
+    js_reply,
+    parse_header_lines,
     parse_url,
     partition_of,
     token,
@@ -97,6 +99,38 @@ def test_names_are_safe_and_one_to_one() -> None:
     for text in ["plain", " spaced ", "line\r\nbreak", "100% ünïcode", ""]:
         assert header_text(header_value(text)) == text
         assert "\n" not in header_value(text) and header_value(text).isascii()
+
+
+def test_header_text_without_escapes_is_the_value_itself() -> None:
+    assert header_text("abc:def-1") == "abc:def-1"
+    assert header_text("a%20b") == "a b"
+    assert header_text(None) == ""
+
+
+def test_header_parser_gives_what_the_client_library_gives() -> None:
+    from nats.aio.client import Client
+
+    blocks = [
+        b"Nats-Msg-Id: abc\r\nTessera-Key: user_id%3Au1\r\n\r\n",
+        b"A:1\r\nB:\t two \r\nno colon\r\n\r\n",
+        b"Bad Name: x\r\nOk: y\r\n\xc3\xa9: z\r\nUtf: \xc3\xa9\xff\r\n",
+        b"Sep\x1c: 1\r\nDup: 1\r\nDup: 2\r\n: empty name\r\n",
+        b"",
+    ]
+    for raw in blocks:
+        assert parse_header_lines(raw) == Client._parse_header_lines(raw), raw
+
+
+def test_reply_subject_parser_agrees_with_message_metadata() -> None:
+    from nats.aio.msg import Msg
+
+    v1 = "$JS.ACK.STREAM.events-p3.2.1041.17.1700000000000000000.5"
+    v2 = "$JS.ACK._.ACC.STREAM.events-p3.2.1041.17.1700000000000000000.5.rnd"
+    for reply in (v1, v2, v2.rsplit(".", 1)[0]):
+        md = Msg.Metadata._from_reply(reply)
+        assert js_reply(reply) == (md.consumer, md.sequence.stream, md.num_delivered)
+    for other in ("", "_INBOX.abc.1", "$JS.ACK.S.C.x.1.1.1.1", "$JS.ACK.S.C.1.1.1.1.1.1"):
+        assert js_reply(other) is None
 
 
 def test_url_options() -> None:
