@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tessera.personalization.engine import Cause, Personalizer
 from tessera.personalization.state.base import OfferRecord, State
 
 
@@ -112,6 +113,23 @@ class StateContract:
         assert [(m.message_id, m.payload) for m in pending] == [("m1", b"one"), ("m2", b"two")]
         state.delete_outbox([pending[0].id])
         assert [m.message_id for m in state.pending_outbox(10)] == ["m2"]
+
+    def test_compact_segment_rows_are_published_as_their_events(self, state: State) -> None:
+        """A membership change is kept as a compact record; the outbox gives the bus the
+        event itself, the same bytes the engine would have queued in full, in order with
+        rows queued in full (written before the compact format)."""
+        from tessera.personalization.state.outbox import ENTERED, MARK, event_row
+
+        values = (ENTERED, "vip", "p1", "batch:1.5:p1", "batch", None, None, 2.25, None)
+        full = event_row(*values)
+        cause = Cause("batch:1.5:p1", "batch")
+        row = Personalizer.segment_event(ENTERED, "vip", "p1", cause, 2.25)
+        with state.transaction() as tx:
+            tx.add_outbox([("derived", "old", "k", b'{"old": true}'), row])
+        pending = state.pending_outbox(10)
+        assert [(m.topic, m.message_id, m.key, m.payload) for m in pending] == [
+            ("derived", "old", "k", b'{"old": true}'), full]
+        assert row[3].startswith(MARK) and len(row[3]) * 3 < len(full[3])
 
     def test_locked_profiles_are_changed_by_one_transaction_at_a_time(self, state: State) -> None:
         """Two writers incrementing one profile's state never lose an update."""

@@ -380,15 +380,20 @@ async def test_an_unmerge_recomputes_both_profiles_from_their_timelines(
 
 @pytest.mark.parametrize("since", [None, 1_700_000_000.25])
 def test_segment_event_row_is_the_envelope_it_stands_for(since: float | None) -> None:
-    """The outbox row is built without an ``Event``; consumers decode it as one."""
+    """The outbox row is built without an ``Event``; what the outbox publishes for it is the
+    event's own JSON, byte for byte."""
     from tessera.events import DERIVED_TOPIC
     from tessera.events.envelope import Event, iso_time
-    from tessera.personalization.engine import ENTERED, EXITED, SOURCE, Cause
+    from tessera.personalization.engine import Cause
+    from tessera.personalization.state.outbox import ENTERED, EXITED, MARK, SOURCE, published
 
     cause = Cause("evt-1", "event", "tow.completed", 1_700_000_100.5)
     kind = EXITED if since is not None else ENTERED
-    topic, uid, key, payload = Personalizer.segment_event(kind, "frequent_tows", "p_1", cause,
-                                                          1_700_000_200.0, since=since)
+    row = Personalizer.segment_event(kind, "frequent_tows", "p_1", cause, 1_700_000_200.0,
+                                     since=since)
+    assert row[3].startswith(MARK)  # the outbox keeps a compact record
+    assert len(row[3]) < 200
+    topic, uid, key, payload = published(*row)  # what the outbox gives the bus
     event = Event.from_json(payload)
     data: dict[str, Any] = {
         "profile_id": "p_1", "segment": "frequent_tows", "reason": "event",

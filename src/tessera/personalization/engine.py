@@ -20,17 +20,13 @@ event in the state's outbox, published to the ``derived`` topic after commit.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, Protocol
 
-import orjson
-
-from tessera.events import DERIVED_TOPIC
-from tessera.events.envelope import Event, iso_time
+from tessera.events.envelope import Event
 from tessera.personalization.computed import ComputedTraits, TraitState
 from tessera.personalization.consent import TraitConsent
 from tessera.personalization.model import AudienceConfig, PersonalizationConfig
@@ -42,12 +38,13 @@ from tessera.personalization.rules import (
     memberships,
 )
 from tessera.personalization.state.base import OfferRecord, State, StateTx, TraitStates
+from tessera.personalization.state.outbox import (
+    ENTERED,
+    EXITED,
+    OutboxRow,
+    compact,
+)
 from tessera.store.base import Profile, Store
-
-SOURCE = "tessera/personalization"
-SPECVERSION = "1.0"
-ENTERED = "segment.entered"
-EXITED = "segment.exited"
 
 
 class Memberships(Protocol):
@@ -71,8 +68,6 @@ class Cause:
     received_at: float | None = None
 
 
-OutboxRow = tuple[str, str, str, bytes]
-"""(topic, message id, partition key, payload): a derived event ready for the outbox."""
 
 
 @dataclass(slots=True)
@@ -94,17 +89,6 @@ def profile_facts(profile: Profile | None, pid: str) -> tuple[dict[str, Any],
     for link in profile.identities:
         identifiers.setdefault(link.type, []).append(link.value)
     return {n: t.value for n, t in profile.traits.items()}, identifiers
-
-
-_last_iso: tuple[float, str] = (0.0, iso_time(0.0))
-
-
-def _iso(at: float) -> str:
-    """``iso_time`` remembered for the last time asked: a batch stamps thousands alike."""
-    global _last_iso
-    if _last_iso[0] != at:
-        _last_iso = (at, iso_time(at))
-    return _last_iso[1]
 
 
 class Personalizer:
@@ -294,32 +278,13 @@ class Personalizer:
         """The event of one membership change, as its outbox row.
 
         The first evaluation of new audiences emits one of these per member (two
-        million for 50 audiences over 100,000 profiles), so the payload is built
-        directly, the same JSON as ``Event(...).to_json()`` field for field (a test
-        holds them equal), without building the envelope first.
+        million for 50 audiences over 100,000 profiles), so the row is a compact record
+        of the values the event is made of; the state's ``pending_outbox`` gives the
+        event itself, the same JSON as ``Event(...).to_json()`` field for field (see
+        :mod:`tessera.personalization.state.outbox`; a test holds them equal).
         """
-        digest = hashlib.blake2b(f"{cause.uid}\x1f{kind}\x1f{audience}\x1f{pid}".encode(),
-                                 digest_size=16).hexdigest()
-        data: dict[str, Any] = {
-            "profile_id": pid,
-            "segment": audience,
-            "reason": cause.reason,
-            "at": _iso(now),
-            "caused_by": {"uid": cause.uid, "type": cause.type,
-                          "received_at": cause.received_at},
-        }
-        if since is not None:
-            data["member_since"] = iso_time(since)
-        # uid given: the digest is already unique and stable, no second hash needed
-        payload = orjson.dumps({
-            "id": f"seg_{digest}", "source": SOURCE, "type": kind, "time": now,
-            "received_at": now, "source_name": "tessera", "data": data,
-            "identifiers": [["profile_id", pid]], "subject": pid,
-            "datacontenttype": "application/json", "dataschema": None,
-            "extensions": {"tesserasegment": audience}, "specversion": SPECVERSION,
-            "uid": digest,
-        })
-        return (DERIVED_TOPIC, digest, f"profile_id:{pid}", payload)
+        return compact(kind, audience, pid, cause.uid, cause.reason, cause.type,
+                       cause.received_at, now, since)
 
     @staticmethod
     def queue(tx: StateTx, result: Outcome) -> None:

@@ -24,6 +24,7 @@ from tessera.personalization.state.base import (
     StateTx,
     TraitStates,
 )
+from tessera.personalization.state.outbox import published
 from tessera.store.base import OutboxMessage, StoreUnavailable
 from tessera.store.postgres import _configure, _key, create_schema, parse_url
 
@@ -259,7 +260,7 @@ class PostgresState(State):
             "ORDER BY 1")]
 
     def pending_outbox(self, limit: int) -> list[OutboxMessage]:
-        return [OutboxMessage(r[0], r[1], r[2], r[3], bytes(r[4])) for r in self._rows(
+        return [OutboxMessage(r[0], *published(r[1], r[2], r[3], bytes(r[4]))) for r in self._rows(
             "SELECT id, topic, msg_id, key, payload FROM pz_outbox ORDER BY id LIMIT %s",
             [limit])]
 

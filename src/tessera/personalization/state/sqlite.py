@@ -23,6 +23,7 @@ from tessera.personalization.state.base import (
     StateTx,
     TraitStates,
 )
+from tessera.personalization.state.outbox import published
 from tessera.store.base import OutboxMessage
 
 SCHEMA = """
@@ -253,7 +254,7 @@ class SQLiteState(sqlitefile.SchemaFile, State):
             "ORDER BY 1")]
 
     def pending_outbox(self, limit: int) -> list[OutboxMessage]:
-        return [OutboxMessage(*r) for r in self._rows(
+        return [OutboxMessage(r[0], *published(*r[1:])) for r in self._rows(
             "SELECT id, topic, msg_id, key, payload FROM pz_outbox ORDER BY id LIMIT ?",
             (limit,))]
 
