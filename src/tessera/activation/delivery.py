@@ -28,7 +28,7 @@ import structlog
 
 from tessera.activation.destinations import DeliveryFailed, Outgoing, Sender, encode
 from tessera.activation.expr import context, holds, matches_envelope, profile_snapshot
-from tessera.activation.model import Limits, RetryPolicy, SubscriptionConfig
+from tessera.activation.model import Limits, RetryPolicy, Shape, SubscriptionConfig
 from tessera.activation.shapes import shape
 from tessera.activation.state import ActivationState
 from tessera.bus.base import Bus, BusUnavailable, Delivery
@@ -115,10 +115,18 @@ class Profiles:
     async def snapshots(
         self, topic: str, events: Sequence[Event]
     ) -> dict[str, dict[str, Any] | None]:
-        if topic == "events":
-            await self.wait_applied([e.uid for e in events])
+        """Each event's profile snapshot, after the profiles processor applied the events
+        of ``topic`` ``events`` (or ``wait_seconds`` passed). The check and the read are one
+        thread hop when the events are applied already, as they are once the processor
+        keeps up; otherwise the check is repeated every 10 ms."""
+        remaining = {e.uid for e in events} if topic == "events" else set()
+        deadline = time.monotonic() + self.wait_seconds
 
-        def read() -> dict[str, dict[str, Any] | None]:
+        def read() -> dict[str, dict[str, Any] | None] | None:
+            if remaining:
+                remaining.difference_update(self._applied(sorted(remaining)))
+                if remaining and time.monotonic() < deadline:
+                    return None  # not applied yet: look again
             out: dict[str, dict[str, Any] | None] = {}
             cache: dict[str, dict[str, Any] | None] = {}
             for event in events:
@@ -131,7 +139,11 @@ class Profiles:
                 out[event.uid] = cache[pid]
             return out
 
-        return await asyncio.to_thread(read)
+        while True:
+            found = await asyncio.to_thread(read)
+            if found is not None:
+                return found
+            await asyncio.sleep(0.01)
 
 
 @dataclass(slots=True)
@@ -183,6 +195,14 @@ class SubscriptionRunner:
         self.batch_size = batch_size
         self.rng = rng or random.Random()
         self.needs_profile = subscription.needs_profile()
+        # the expression context (the CloudEvent, uid and profile) serves a condition or a
+        # projection or template shape only
+        self.needs_context = (subscription.filter.condition is not None
+                              or isinstance(subscription.shape, Shape))
+        # whether an event passes the filter's types and sources depends on these three
+        # attributes only (when no other attribute is filtered): remembered per triple
+        self._envelope_known: dict[tuple[str, str, str], bool] | None = (
+            None if subscription.filter.attributes else {})
         self.paused = False
         self.lanes: dict[str, deque[Item]] = {}
         self.lane_tasks: dict[str, asyncio.Task[None]] = {}
@@ -274,7 +294,7 @@ class SubscriptionRunner:
                 await self.bus.dead_letter(d, f"undecodable event: {type(exc).__name__}: {exc}")
                 self.stats.dead_lettered += 1
                 continue
-            if matches_envelope(self.sub.filter, event):
+            if self._matches_envelope(event):
                 if self.resolver is not None and self.sub.shape == "fat":
                     try:
                         event = await self._fatten(event)
@@ -291,11 +311,13 @@ class SubscriptionRunner:
         snapshots: dict[str, dict[str, Any] | None] = {}
         if self.needs_profile:
             snapshots = await self.profiles.snapshots(topic, [e for _, e in candidates])
+        condition = self.sub.filter.condition
         for d, event in candidates:
             snap = snapshots.get(event.uid)
             pid = snap["id"] if snap else _derived_profile_id(event)
-            ctx = context(event, snap)
-            if self.sub.filter.condition is not None and not holds(self.sub.filter.condition, ctx):
+            cloudevent = event.to_cloudevent()  # once: the context and the body start from it
+            ctx = context(event, snap, cloudevent) if self.needs_context else None
+            if condition is not None and ctx is not None and not holds(condition, ctx):
                 self.acks.append(d)
                 self.stats.filtered_out += 1
                 continue
@@ -303,10 +325,22 @@ class SubscriptionRunner:
                 self.acks.append(d)  # no consent for this purpose: never delivered
                 self.stats.filtered_out += 1
                 continue
-            body = shape(self.name, self.sub.shape, event, snap, ctx, pid)
+            body = shape(self.name, self.sub.shape, event, snap, ctx, pid, cloudevent)
             item = Item(topic, d, Outgoing(message_id(self.name, event.uid), body, encode(body),
                                            pid))
             self._enqueue(pid or d.key, item)
+
+    def _matches_envelope(self, event: Event) -> bool:
+        known = self._envelope_known
+        if known is None:
+            return matches_envelope(self.sub.filter, event)
+        key = (event.type, event.source_name, event.source)
+        found = known.get(key)
+        if found is None:
+            if len(known) >= 10_000:
+                known.clear()
+            found = known[key] = matches_envelope(self.sub.filter, event)
+        return found
 
     def _enqueue(self, lane_key: str, item: Item) -> None:
         self.in_flight.add((item.topic, item.delivery.id))

@@ -75,8 +75,12 @@ def profile_snapshot(profile: Profile | None) -> dict[str, Any] | None:
     }
 
 
-def context(event: Event, profile: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
-    ctx = event.to_cloudevent()
+def context(
+    event: Event, profile: dict[str, Any] | None, cloudevent: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """``cloudevent``: ``event.to_cloudevent()`` when the caller has it already (copied)."""
+    ctx = event.to_cloudevent() if cloudevent is None else dict(cloudevent)
     ctx["uid"] = event.uid
     ctx["profile"] = profile
     ctx.update(extra)

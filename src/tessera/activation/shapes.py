@@ -26,10 +26,14 @@ def shape(
     spec: ShapeSpec,
     event: Event,
     profile: dict[str, Any] | None,
-    ctx: dict[str, Any],
+    ctx: dict[str, Any] | None,
     profile_id: str | None = None,
+    cloudevent: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    out = event.to_cloudevent()
+    """``ctx`` (see :func:`~tessera.activation.expr.context`) is needed by a projection or
+    a template only; ``cloudevent``, ``event.to_cloudevent()`` if the caller has it, is
+    used as the body (and changed)."""
+    out = event.to_cloudevent() if cloudevent is None else cloudevent
     out["tesserasubscription"] = subscription
     pid = profile["id"] if profile else profile_id
     if pid:
@@ -44,7 +48,9 @@ def shape(
         out["data"] = {"id": event.id, "source": event.source, "type": event.type,
                        "uid": event.uid, "profile_id": pid}
     elif isinstance(spec, Shape) and spec.fields is not None:
+        assert ctx is not None
         out["data"] = {name: lookup(ctx, path) for name, path in spec.fields.items()}
     elif isinstance(spec, Shape) and spec.template is not None:
+        assert ctx is not None
         out["data"] = render(spec.template, ctx)
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import secrets
@@ -24,7 +25,9 @@ def new_secret() -> str:
     return PREFIX + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
+@functools.lru_cache(maxsize=256)
 def signing_key(secret: str) -> bytes:
+    """The HMAC key of a secret (decoded once per secret, not per message)."""
     if secret.startswith(PREFIX):
         try:
             return base64.b64decode(secret[len(PREFIX) :], validate=True)
