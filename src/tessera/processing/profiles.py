@@ -64,8 +64,16 @@ class BatchGraph:
     """The identity graph and traits one batch touches: read once, written through."""
 
     def __init__(
-        self, tx: StoreTx, identifiers: Sequence[Identifier], now: float, survivorship: Survivorship
+        self,
+        tx: StoreTx,
+        identifiers: Sequence[Identifier],
+        now: float,
+        survivorship: Survivorship,
+        traits_of: Iterable[Identifier] | None = None,
     ) -> None:
+        """``traits_of``: the identifiers whose profiles' traits are read up front (the
+        profiles of the batch's events that carry traits); None for every profile found.
+        Any other profile's traits are read when first needed."""
         self.tx = tx
         self.survivorship = survivorship
         self.now = now
@@ -84,7 +92,11 @@ class BatchGraph:
         self.owners: dict[Identifier, str] = found
         self._members: dict[str, set[Identifier]] = {}
         self._members_loaded = False
-        self.traits: dict[str, dict[str, Trait]] = tx.traits(set(found.values())) if found else {}
+        if traits_of is None:
+            first = set(found.values())
+        else:
+            first = {pid for i in traits_of if (pid := found.get(i)) is not None}
+        self.traits: dict[str, dict[str, Trait]] = tx.traits(first) if first else {}
         self.dirty: dict[str, set[str]] = {}
         self.timeline: dict[str, list[TimelineEntry]] = {}
         self.redirect: dict[str, str] = {}
@@ -128,6 +140,7 @@ class BatchGraph:
 
     def merge(self, into: str, merged: Sequence[str], event_uid: str) -> None:
         """Merge profiles; their traits combine by survivorship."""
+        self._read_traits([into, *merged])
         before = [self.profile_traits(p) for p in [into, *merged]]
         combined = self.survivorship.combine(before)
         self.tx.merge(into, merged, event_uid, self.now, "deterministic")
@@ -149,6 +162,12 @@ class BatchGraph:
         self.set_traits(into, {n: t for n, t in combined.items() if before[0].get(n) is not t})
 
     # -- traits and timeline, written at the end of the batch ---------------
+
+    def _read_traits(self, profile_ids: Sequence[str]) -> None:
+        """Read, in one round trip, the traits of those profiles not read yet."""
+        missing = [p for p in dict.fromkeys(profile_ids) if p not in self.traits]
+        if missing:
+            self.traits.update(self.tx.traits(missing))
 
     def profile_traits(self, profile_id: str) -> dict[str, Trait]:
         traits = self.traits.get(profile_id)
@@ -183,9 +202,22 @@ class ProfileProcessor:
         """Drops or anonymizes events that carry erased identifiers (set by the runtime)."""
 
     def apply(self, events: Sequence[Event], retries: int = 8) -> BatchResult:
-        return in_transaction(self.store, lambda tx: self._apply(tx, events), retries)
+        # What depends on the event alone is worked out before the transaction: not
+        # while holding its locks (which other workers may be waiting for), and once
+        # however often a conflict makes the transaction run again.
+        ready = {id(e): self._prepare(e) for e in events}
+        return in_transaction(self.store, lambda tx: self._apply(tx, events, ready), retries)
 
-    def _apply(self, tx: StoreTx, events: Sequence[Event]) -> BatchResult:
+    def _prepare(self, event: Event) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The event's traits (by the extraction rules) and its timeline form."""
+        return self.traits.extract(event), event.to_cloudevent()
+
+    def _apply(
+        self,
+        tx: StoreTx,
+        events: Sequence[Event],
+        ready: dict[int, tuple[dict[str, Any], dict[str, Any]]] | None = None,
+    ) -> BatchResult:
         result = BatchResult()
         now = time.time()
         unique: dict[str, Event] = {}
@@ -196,16 +228,25 @@ class ProfileProcessor:
         result.duplicates = len(events) - len(fresh)
         if self.screen is not None:  # erased identifiers (tessera.privacy.suppression)
             fresh = self.screen(fresh)
+        ready = ready or {}
+        work: list[tuple[Event, dict[str, Any], dict[str, Any]]] = []
         identifiers: list[Identifier] = []
+        traits_of: list[Identifier] = []
         for event in fresh:
+            # an event the screen anonymized is a new object: prepared here
+            new_traits, cloudevent = ready.get(id(event)) or self._prepare(event)
+            work.append((event, new_traits, cloudevent))
+            start = len(identifiers)
             for type_, value in event.identifiers:
                 if type_ == "previous_id":
                     identifiers += [("user_id", value), ("anonymous_id", value)]
                 else:
                     identifiers.append((type_, value))
-        graph = BatchGraph(tx, identifiers, now, self.survivorship)
-        for event in fresh:
-            self._apply_one(graph, event, now, result)
+            if new_traits:
+                traits_of += identifiers[start:]
+        graph = BatchGraph(tx, identifiers, now, self.survivorship, traits_of)
+        for event, new_traits, cloudevent in work:
+            self._apply_one(graph, event, now, result, new_traits, cloudevent)
         graph.flush()
         tx.mark_applied([e.uid for e in fresh], now)
         if result.derived:
@@ -215,7 +256,15 @@ class ProfileProcessor:
         result.applied = len(fresh)
         return result
 
-    def _apply_one(self, graph: BatchGraph, event: Event, now: float, result: BatchResult) -> None:
+    def _apply_one(
+        self,
+        graph: BatchGraph,
+        event: Event,
+        now: float,
+        result: BatchResult,
+        new_traits: dict[str, Any],
+        cloudevent: dict[str, Any],
+    ) -> None:
         resolution = self.resolver.resolve(graph, event.identifiers, event.uid, event.source_name)
         if resolution is None:
             result.unattributed += 1
@@ -225,7 +274,6 @@ class ProfileProcessor:
         if resolution.merged:
             result.merges += 1
             result.derived.append(self._merged_event(event, pid, resolution.merged, now))
-        new_traits = self.traits.extract(event)
         if new_traits:
             current = graph.profile_traits(pid)
             changed: dict[str, Trait] = {}
@@ -251,7 +299,7 @@ class ProfileProcessor:
                 source=event.source_name,
                 time=event.time,
                 received_at=event.received_at,
-                event=event.to_cloudevent(),
+                event=cloudevent,
             )
         )
 
