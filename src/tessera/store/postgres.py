@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -46,8 +47,9 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import orjson
 import psycopg
-from psycopg import errors, sql
-from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
+from psycopg import errors, pq, sql
+from psycopg.adapt import Dumper
+from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from tessera.store.base import (
@@ -308,6 +310,110 @@ def _is_unavailable(exc: BaseException, conn: psycopg.Connection[Any] | None) ->
     )
 
 
+# -------------------------------------------------------------------- array parameters
+#
+# A batch sends its rows as a few arrays of some thousand elements each. psycopg
+# dumps a list element by element through its generic machinery (finding the
+# element type, a dumper call per element), a large part of a worker's time in
+# a transaction. These lists of one known element type are dumped straight
+# into PostgreSQL's binary array format instead.
+
+_I32 = struct.Struct(">i").pack
+_ARRAY_HEAD = struct.Struct(">iiIii").pack
+_NULL = _I32(-1)
+
+
+def _array(oid: int, elements: list[bytes | None]) -> bytes:
+    """A one-dimensional binary array of already encoded elements (None: NULL)."""
+    if not elements:
+        return struct.pack(">iiI", 0, 0, oid)
+    has_null = None in elements
+    body = b"".join([_NULL if e is None else _I32(len(e)) + e for e in elements])
+    return _ARRAY_HEAD(1, int(has_null), oid, len(elements), 1) + body
+
+
+class Texts(list[str | None]):
+    """A ``text[]`` parameter."""
+
+
+class Floats(list[float | None]):
+    """A ``float8[]`` parameter."""
+
+
+class Bigints(list[int | None]):
+    """A ``bigint[]`` parameter."""
+
+
+class Blobs(list[bytes | None]):
+    """A ``bytea[]`` parameter."""
+
+
+class JsonValues(list[Any]):
+    """A ``jsonb[]`` parameter: any JSON value, encoded with orjson (None is JSON null)."""
+
+
+_D8 = struct.Struct(">id").pack
+_Q8 = struct.Struct(">iq").pack
+
+
+class _TextsDumper(Dumper):
+    format = pq.Format.BINARY
+    oid = 1009  # text[]
+
+    def dump(self, obj: Any) -> bytes:
+        return _array(25, [None if v is None else v.encode() for v in obj])
+
+
+class _FloatsDumper(Dumper):
+    format = pq.Format.BINARY
+    oid = 1022  # float8[]
+
+    def dump(self, obj: Any) -> bytes:
+        if None in obj:
+            return _array(701, [None if v is None else struct.pack(">d", v) for v in obj])
+        if not obj:
+            return _array(701, [])
+        return _ARRAY_HEAD(1, 0, 701, len(obj), 1) + b"".join([_D8(8, v) for v in obj])
+
+
+class _BigintsDumper(Dumper):
+    format = pq.Format.BINARY
+    oid = 1016  # int8[]
+
+    def dump(self, obj: Any) -> bytes:
+        if None in obj:
+            return _array(20, [None if v is None else struct.pack(">q", v) for v in obj])
+        if not obj:
+            return _array(20, [])
+        return _ARRAY_HEAD(1, 0, 20, len(obj), 1) + b"".join([_Q8(8, v) for v in obj])
+
+
+class _BlobsDumper(Dumper):
+    format = pq.Format.BINARY
+    oid = 1001  # bytea[]
+
+    def dump(self, obj: Any) -> bytes:
+        return _array(17, [None if v is None else bytes(v) for v in obj])
+
+
+class _JsonValuesDumper(Dumper):
+    format = pq.Format.BINARY
+    oid = 3807  # jsonb[]
+
+    def dump(self, obj: Any) -> bytes:
+        return _array(3802, [b"\x01" + orjson.dumps(v) for v in obj])
+
+
+def register_array_dumpers(context: Any) -> None:
+    """Use the dumpers above for those list types (a connection or an adapters map)."""
+    adapters = context.adapters
+    adapters.register_dumper(Texts, _TextsDumper)
+    adapters.register_dumper(Floats, _FloatsDumper)
+    adapters.register_dumper(Bigints, _BigintsDumper)
+    adapters.register_dumper(Blobs, _BlobsDumper)
+    adapters.register_dumper(JsonValues, _JsonValuesDumper)
+
+
 def _configure(conn: psycopg.Connection[Any]) -> None:
     """Per pooled connection: READ COMMITTED whatever the server's default, orjson for jsonb.
 
@@ -317,6 +423,7 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
     set_json_dumps(orjson.dumps, conn)
     set_json_loads(orjson.loads, conn)
+    register_array_dumpers(conn)
 
 
 # --------------------------------------------------------------------------- transaction
@@ -366,7 +473,7 @@ class PostgresTx(StoreTx):
         rest = [uid for uid in uids if uid not in found]
         if rest:
             rows = self._fetch(
-                "SELECT event_uid FROM applied WHERE event_uid = ANY(%b::text[])", [rest]
+                "SELECT event_uid FROM applied WHERE event_uid = ANY(%b::text[])", [Texts(rest)]
             )
             found.update(r[0] for r in rows)
         return found
@@ -387,7 +494,7 @@ class PostgresTx(StoreTx):
             "SELECT i.type, i.value, i.profile_id "
             "FROM unnest(%b::text[], %b::text[]) AS q(type, value) "
             "JOIN identities i ON i.type = q.type AND i.value = q.value",
-            [[t for t, _ in ask], [v for _, v in ask]],
+            [Texts([t for t, _ in ask]), Texts([v for _, v in ask])],
         )
         found = {(t, v): p for t, v, p in rows}
         out.update(found)
@@ -411,7 +518,7 @@ class PostgresTx(StoreTx):
         self._flush_links()
         for pid, type_, value in self._fetch(
             "SELECT profile_id, type, value FROM identities WHERE profile_id = ANY(%b::text[])",
-            [ids],
+            [Texts(ids)],
         ):
             out[pid].append((type_, value))
         return out
@@ -432,7 +539,7 @@ class PostgresTx(StoreTx):
             for pid, name, value, source, t, prio, uid in self._fetch(
                 "SELECT profile_id, name, value, source, time, priority, event_uid "
                 "FROM traits WHERE profile_id = ANY(%b::text[])",
-                [ask],
+                [Texts(ask)],
             ):
                 fetched[pid][name] = Trait(value, source, t, prio, uid)
             for pid, got in fetched.items():
@@ -456,7 +563,8 @@ class PostgresTx(StoreTx):
         keys = sorted({self._key_of(i) for i in identifiers} - self._locked_keys)
         if not keys:
             return
-        self._w.execute("SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) AS k", [keys])
+        self._w.execute("SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) AS k",
+                        [Bigints(keys)])
         self._locked_keys.update(keys)
 
     def lock_profiles(self, profile_ids: Sequence[str]) -> None:
@@ -464,7 +572,8 @@ class PostgresTx(StoreTx):
         if not ids:
             return
         self._w.execute(
-            "SELECT 1 FROM profiles WHERE id = ANY(%b::text[]) ORDER BY id FOR UPDATE", [ids]
+            "SELECT 1 FROM profiles WHERE id = ANY(%b::text[]) ORDER BY id FOR UPDATE",
+            [Texts(ids)],
         )
         self._locked_profiles.update(ids)
 
@@ -656,7 +765,8 @@ class PostgresTx(StoreTx):
             self._w.execute(
                 "INSERT INTO profiles (id, created_at, updated_at, event_count) "
                 "SELECT * FROM unnest(%b::text[], %b::float8[], %b::float8[], %b::bigint[])",
-                [ids, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]],
+                [Texts(ids), Floats([r[0] for r in rows]), Floats([r[1] for r in rows]),
+                 Bigints([r[2] for r in rows])],
             )
             self._new_profiles = {}
         if self._links:
@@ -665,7 +775,7 @@ class PostgresTx(StoreTx):
                 "INSERT INTO identities (type, value, profile_id, event_uid, linked_at, source, "
                 "reason) SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], "
                 "%b::float8[], %b::text[], %b::text[])",
-                [list(c) for c in cols],
+                [Texts(c) if i != 4 else Floats(c) for i, c in enumerate(cols)],
             )
             self._links = []
 
@@ -673,7 +783,7 @@ class PostgresTx(StoreTx):
         if self._trait_deletes:
             self._w.execute(
                 "DELETE FROM traits WHERE profile_id = ANY(%b::text[])",
-                [sorted(self._trait_deletes)],
+                [Texts(sorted(self._trait_deletes))],
             )
             self._trait_deletes = set()
         if self._trait_puts:
@@ -687,13 +797,13 @@ class PostgresTx(StoreTx):
                 "source = excluded.source, time = excluded.time, "
                 "priority = excluded.priority, event_uid = excluded.event_uid",
                 [
-                    [k[0] for k in keys],
-                    [k[1] for k in keys],
-                    [Jsonb(t.value) for t in vals],
-                    [t.source for t in vals],
-                    [t.time for t in vals],
+                    Texts([k[0] for k in keys]),
+                    Texts([k[1] for k in keys]),
+                    JsonValues([t.value for t in vals]),
+                    Texts([t.source for t in vals]),
+                    Floats([t.time for t in vals]),
                     [t.priority for t in vals],
-                    [t.event_uid for t in vals],
+                    Texts([t.event_uid for t in vals]),
                 ],
             )
             self._trait_puts = {}
@@ -709,7 +819,8 @@ class PostgresTx(StoreTx):
                 "updated_at = d.at "
                 "FROM unnest(%b::text[], %b::bigint[], %b::float8[]) AS d(id, n, at) "
                 "WHERE profiles.id = d.id",
-                [ids, [self._counts[i][0] for i in ids], [self._counts[i][1] for i in ids]],
+                [Texts(ids), Bigints([self._counts[i][0] for i in ids]),
+                 Floats([self._counts[i][1] for i in ids])],
             )
             self._counts = {}
         self._flush_traits()
@@ -719,14 +830,15 @@ class PostgresTx(StoreTx):
                 "INSERT INTO timeline (profile_id, time, event_uid, type, source, received_at, "
                 "event) SELECT * FROM unnest(%b::text[], %b::float8[], %b::text[], %b::text[], "
                 "%b::text[], %b::float8[], %b::bytea[]) ON CONFLICT DO NOTHING",
-                [list(c) for c in cols],
+                [Texts(cols[0]), Floats(cols[1]), Texts(cols[2]), Texts(cols[3]), Texts(cols[4]),
+                 Floats(cols[5]), Blobs(cols[6])],
             )
             self._timeline = []
         if self._applied:
             w.execute(
                 "INSERT INTO applied (event_uid, at) "
                 "SELECT * FROM unnest(%b::text[], %b::float8[])",
-                [list(self._applied), list(self._applied.values())],
+                [Texts(self._applied), Floats(self._applied.values())],
             )
             self._applied = {}
         if self._outbox:
@@ -735,7 +847,7 @@ class PostgresTx(StoreTx):
                 "INSERT INTO outbox (topic, message_id, key, payload) "
                 "SELECT t, m, k, p FROM unnest(%b::text[], %b::text[], %b::text[], %b::bytea[]) "
                 "WITH ORDINALITY AS u(t, m, k, p, n) ORDER BY n",
-                [list(c) for c in cols],
+                [Texts(cols[0]), Texts(cols[1]), Texts(cols[2]), Blobs(cols[3])],
             )
             self._outbox = []
 
