@@ -11,7 +11,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from itertools import accumulate
+from itertools import accumulate, repeat
 from pathlib import Path
 from typing import Any
 
@@ -132,15 +132,19 @@ class _Packed:
         self.params[name] = value
         return f":{name}"
 
-    def text(self, values: Sequence[str] | Sequence[bytes], blob: bool = False) -> str:
+    def text(self, values: Sequence[str] | Sequence[bytes], blob: bool = False,
+             row: str = "i") -> str:
         """The SQL expression of row ``i``'s value: a parameter when every row has the
         same value, a one-letter code per row for up to 26 values, a slice of one BLOB
         when the values have one width or can be padded to one (no value ends with a
         space, padding at most half the bytes), else a slice found through offsets.
         Every extra SQL function per row costs: a trait row costs about 2.4 us to
-        insert on the development machine, and the offsets added 1.5 us to it."""
+        insert on the development machine, and the offsets added 1.5 us to it.
+
+        ``row`` is the SQL expression of the value's index: ``(i/2)`` takes the values
+        of a column of profiles for their links, two per profile."""
         n = len(values)
-        if n >= 64:
+        if n >= 64 and len(set(values[:64])) <= 26:  # a sample first: most columns vary
             distinct = set(values)
             if len(distinct) == 1:
                 (value,) = distinct
@@ -153,7 +157,7 @@ class _Packed:
                     for v in distinct)
                 # a BLOB: substr of TEXT counts characters from the start (quadratic)
                 letters = self.const("".join(map(code.__getitem__, values)).encode())
-                return f"CASE substr({letters}, i+1, 1) {cases} END"
+                return f"CASE substr({letters}, {row}+1, 1) {cases} END"
         try:
             if values and isinstance(values[0], str):
                 joined = "".join(values).encode()  # type: ignore[arg-type]
@@ -173,31 +177,30 @@ class _Packed:
         cast = "{}" if blob else "CAST({} AS TEXT)"
         if lens and min(lens) == max(lens):
             w = lens[0]
-            return cast.format(f"substr({self.const(data)}, i*{w}+1, {w})")
+            return cast.format(f"substr({self.const(data)}, {row}*{w}+1, {w})")
         widest = max(lens) if lens else 0
-        space = " " if ascii_ else b" "
         if (widest * n <= len(data) * 3 // 2 and (ascii_ or not isinstance(values[0], str))
-                and not any(v.endswith(space) for v in values)):  # type: ignore[arg-type]
+                and not _ends_with_space(values)):
             if ascii_:
                 data = (f"%-{widest}s" * n % tuple(values)).encode()
             else:
-                data = b"%-*b" * n % tuple(x for v in values for x in (widest, v))
-            padded = f"rtrim(substr({self.const(data)}, i*{widest}+1, {widest}), ' ')"
+                data = b"".join(map(bytes.ljust, values, repeat(widest)))  # type: ignore[arg-type]
+            padded = f"rtrim(substr({self.const(data)}, {row}*{widest}+1, {widest}), ' ')"
             return f"CAST({padded} AS BLOB)" if blob else padded
         ends = list(accumulate(lens))
         digits = len(str(ends[-1]))
         name = self.const(data)
         offsets = self.const((f"%0{digits}d" * (len(ends) + 1) % (0, *ends)).encode())
-        start = f"CAST(substr({offsets}, i*{digits}+1, {digits}) AS INTEGER)"
-        end = f"CAST(substr({offsets}, i*{digits}+{digits + 1}, {digits}) AS INTEGER)"
+        start = f"CAST(substr({offsets}, {row}*{digits}+1, {digits}) AS INTEGER)"
+        end = f"CAST(substr({offsets}, {row}*{digits}+{digits + 1}, {digits}) AS INTEGER)"
         return cast.format(f"substr({name}, {start}+1, {end}-{start})")
 
-    def number(self, values: Sequence[float] | Sequence[int]) -> str:
+    def number(self, values: Sequence[float] | Sequence[int], row: str = "i") -> str:
         first = values[0]
-        if all(v == first and type(v) is type(first) for v in values):
+        if values.count(first) == len(values) and len(set(map(type, values))) == 1:
             return self.const(first)
         if all(type(v) is int for v in values):
-            return f"CAST({self.text([str(v) for v in values])} AS INTEGER)"
+            return f"CAST({self.text([str(v) for v in values], row=row)} AS INTEGER)"
         self.usable = False
         return "NULL"
 
@@ -208,6 +211,22 @@ class _Packed:
         conn.execute(f"{head} SELECT {', '.join(exprs)} FROM (WITH RECURSIVE n(i) AS "
                      f"(SELECT 0 UNION ALL SELECT i+1 FROM n WHERE i+1 < :rows) SELECT i FROM n)"
                      + (f" ORDER BY {order}" if order else ""), self.params)
+
+
+def _ends_with_space(values: Sequence[str] | Sequence[bytes]) -> bool:
+    """Whether a value ends with a space (padding would lose it)."""
+    if values and isinstance(values[0], str):
+        return any(map(str.endswith, values, repeat(" ")))  # type: ignore[arg-type]
+    return any(map(bytes.endswith, values, repeat(b" ")))  # type: ignore[arg-type]
+
+
+def _per_profile(rows: list[int], n: int) -> int:
+    """``m`` when ``rows`` (the profile of each link or trait) is ``m`` rows for each of
+    the ``n`` profiles in order, ``[0]*m + [1]*m + ...``; else 0."""
+    m, extra = divmod(len(rows), n)
+    if extra or not m or rows[::m] != list(range(n)):
+        return 0
+    return m if sorted(rows) == rows and rows[m - 1::m] == rows[::m] else 0
 
 
 class SQLiteTx(StoreTx):
@@ -408,22 +427,34 @@ class SQLiteTx(StoreTx):
         if c.link_rows:
             p = _Packed()
             ids, uids = c.ids, c.event_uids
+            m = _per_profile(c.link_rows, n)  # mostly: every profile has as many links
+            if m:
+                pid, uid = p.text(ids, row=f"(i/{m})"), p.text(uids, row=f"(i/{m})")
+            else:
+                pid = p.text([ids[r] for r in c.link_rows])
+                uid = p.text([uids[r] for r in c.link_rows])
             tables.append((p, "INSERT INTO identities (type, value, profile_id, event_uid, "
                            "linked_at, source, reason)",
                            [f"{p.text(c.link_types)} AS t", f"{p.text(c.link_values)} AS v",
-                            p.text([ids[r] for r in c.link_rows]),
-                            p.text([uids[r] for r in c.link_rows]), p.const(at),
-                            p.const(c.source), "'deterministic'"], len(c.link_rows), "t, v"))
+                            pid, uid, p.const(at), p.const(c.source), "'deterministic'"],
+                           len(c.link_rows), "t, v"))
         if c.trait_rows:
             p = _Packed()
             rows = c.trait_rows
+            m = _per_profile(rows, n)
+            if m:
+                at_row = f"(i/{m})"
+                pid, uid = p.text(c.ids, row=at_row), p.text(c.event_uids, row=at_row)
+                times = p.number(c.times, row=at_row)
+            else:
+                pid = p.text([c.ids[r] for r in rows])
+                uid = p.text([c.event_uids[r] for r in rows])
+                times = p.number([c.times[r] for r in rows])
             tables.append((p, "INSERT OR REPLACE INTO traits (profile_id, name, value, source, "
                            "time, priority, event_uid)",
-                           [p.text([c.ids[r] for r in rows]),
-                            p.text(c.trait_names), p.text(c.trait_values, blob=True),
-                            p.const(c.source), p.number([c.times[r] for r in rows]),
-                            p.number(c.trait_priorities),
-                            p.text([c.event_uids[r] for r in rows])], len(rows), ""))
+                           [pid, p.text(c.trait_names), p.text(c.trait_values, blob=True),
+                            p.const(c.source), times, p.number(c.trait_priorities), uid],
+                           len(rows), ""))
         p = _Packed()
         tables.append((p, "INSERT OR IGNORE INTO timeline (profile_id, time, event_uid, type, "
                        "source, received_at, event)",
