@@ -85,7 +85,8 @@ class Event:
         out.update(self.extensions)
         out["data"] = self.data
         out["tesserasource"] = self.source_name
-        out["tesserareceivedat"] = iso_time(self.received_at)
+        # the events of one request share their receive time: formatted once
+        out["tesserareceivedat"] = _received_times(self.received_at)
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -112,6 +113,9 @@ class IsoTimes:
                 self._known.clear()
             found = self._known[ts] = iso_time(ts)
         return found
+
+
+_received_times = IsoTimes(4096)
 
 
 def parse_time(value: Any) -> float:
