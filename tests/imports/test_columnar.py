@@ -169,3 +169,23 @@ async def test_the_columnar_path_is_used_only_where_it_gives_the_same_result(
     jsonl.write_bytes(b'{"Email": "a@x.io"}\n')
     assert job(runtime, jsonl, log_events=False,
                mapping={"identifiers": {"email": "Email"}}).columnar is None
+
+
+async def test_only_rows_that_can_only_make_a_new_person_are_candidates(
+        runtime: Runtime, tmp_path: Path) -> None:
+    """One value per identifier type and no identifier shared with another row of the
+    chunk or with a row the row path mapped; the others go per event."""
+    path = write_csv(tmp_path / "x.csv", [["a@x.io", "M1", "n", "1"]])
+    made = columnar_job(runtime, path)
+    assert made.columnar is not None
+    rows = Rows(lines=[2, 3, 4, 5, 6],
+                identifiers=[[("email", "a@x.io")],
+                             [("email", "b@x.io"), ("email", "c@x.io")],   # two emails
+                             [("email", "d@x.io"), ("member_number", "M1")],
+                             [("member_number", "M1")],                    # shared with 4
+                             [("member_number", "M2"), ("email", "e@x.io")]],
+                traits=[{}] * 5, times=[1.0] * 5)
+    order = [(line, k) for k, line in enumerate(rows.lines)]
+    assert made.columnar.prepare(Chunk(rows, [], 2.0, order)).candidates == [0, 4]
+    other = made._profile_event(7, [("email", "e@x.io")], {}, 1.0, 2.0)
+    assert made.columnar.prepare(Chunk(rows, [other], 2.0, [*order, (7, -1)])).candidates == [0]
