@@ -178,6 +178,31 @@ async def test_messages_spread_over_partition_subjects(nats_url: str, tmp_path: 
         assert info.config.duplicate_window == 24 * 3600
 
 
+async def test_a_fetch_asks_every_partition_at_once(nats_url: str, tmp_path: Path) -> None:
+    """One round of pull requests for all partitions, not one round trip after another."""
+    async with started(make(nats_url, tmp_path, partitions=4)) as bus:
+        topic, group = unique("topic"), unique("group")
+        keys = [f"user{i}" for i in range(40)]
+        await bus.publish(topic, [Message(f"id-{k}", k, k.encode()) for k in keys])
+        in_flight: list[int] = []
+        send_pull = bus._send_pull
+
+        async def counting(g: Any, u: Any, batch: int, expires: float | None) -> Any:
+            in_flight.append(1 + sum(1 for v in g.units if v.pull is not None
+                                     and not v.pull.done.done()))
+            return await send_pull(g, u, batch, expires)
+
+        bus._send_pull = counting  # type: ignore[method-assign]
+        got: list[Delivery] = []
+        deadline = time.monotonic() + 10
+        while len(got) < 40 and time.monotonic() < deadline:
+            batch = await bus.fetch(topic, group, 40 - len(got), 1.0)
+            got += batch
+            await bus.ack(batch)
+        assert sorted(d.payload for d in got) == sorted(k.encode() for k in keys)
+        assert max(in_flight) >= 4
+
+
 async def test_nack_keeps_later_messages_of_the_partition_behind(
     nats_url: str, tmp_path: Path
 ) -> None:

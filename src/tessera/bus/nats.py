@@ -1020,21 +1020,46 @@ class NatsBus(Bus):
         return pull
 
     async def _pull_available(self, g: _Group, want: int, blocked: set[int]) -> None:
-        """Ask units one after the other for what they have now, until ``want`` came."""
-        for u in g.rotated():
+        """Ask the units for what they have now, until ``want`` came.
+
+        With several units and a large ``want``, every unit is asked at once for
+        an even share (one round trip instead of one per unit); then, one after
+        the other, those that gave their whole share, for the rest.
+        """
+        now = time.monotonic()
+        units = [u for u in g.rotated() if self._pullable(u, now, blocked)]
+        if len(units) > 1 and want > len(units):
+            share = math.ceil(want / len(units))
+            pulls = [(u, await self._send_pull(g, u, share, None)) for u in units]
+            await self._answered([p for _, p in pulls])
+            want -= sum(p.received for _, p in pulls)
+            for u, _ in pulls:
+                self._hold_if_behind(u)
+            units = [u for u, p in pulls if p.received >= share]
+        for u in units:
             if want <= 0:
                 break
             if not self._pullable(u, time.monotonic(), blocked):
                 continue
             pull = await self._send_pull(g, u, want, None)
-            try:
-                await asyncio.wait_for(asyncio.shield(pull.done), self.options.request_timeout)
-            except TimeoutError:
-                raise BusUnavailable("JetStream did not answer a pull request") from None
+            await self._answered([pull])
             want -= pull.received
-            if u.awaiting and min(u.awaiting) not in u.buffer:
-                # the NAKed messages are not back yet: do not spin on this unit
-                u.hold_until = time.monotonic() + HOLD_MARGIN
+            self._hold_if_behind(u)
+
+    async def _answered(self, pulls: list[_Pull]) -> None:
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(asyncio.shield(p.done) for p in pulls)),
+                self.options.request_timeout,
+            )
+        except TimeoutError:
+            raise BusUnavailable("JetStream did not answer a pull request") from None
+
+    @staticmethod
+    def _hold_if_behind(u: _Unit) -> None:
+        if u.awaiting and min(u.awaiting) not in u.buffer:
+            # the NAKed messages are not back yet: do not spin on this unit
+            u.hold_until = time.monotonic() + HOLD_MARGIN
 
     async def _linger(self, g: _Group, remaining: float, blocked: set[int]) -> None:
         """Leave a one-message pull request on every idle unit, to wake on the first arrival."""
