@@ -189,3 +189,52 @@ async def test_only_rows_that_can_only_make_a_new_person_are_candidates(
     assert made.columnar.prepare(Chunk(rows, [], 2.0, order)).candidates == [0, 4]
     other = made._profile_event(7, [("email", "e@x.io")], {}, 1.0, 2.0)
     assert made.columnar.prepare(Chunk(rows, [other], 2.0, [*order, (7, -1)])).candidates == [0]
+
+
+@pytest.mark.parametrize("bad", [False, True], ids=["plain", "a bad value"])
+async def test_columns_mapped_at_once_are_what_the_row_loop_maps(
+        runtime: Runtime, tmp_path: Path, bad: bool) -> None:
+    """:meth:`ImportJob._map_columns` (whole columns) against the loop per row: the same
+    rows, identifiers, traits, times, events and rejects; with a value ``convert`` refuses
+    the block falls back to the loop."""
+    mapping = {"identifiers": {"email": "Email", "member_number": "MemberNo"},
+               "traits": {"first_name": "FirstName", "lifetime_value": "LTV",
+                          "extra": "Extra"},
+               "types": {"lifetime_value": "float", "extra": "json"},
+               "time_column": "Updated"}
+    header = ("Email", "MemberNo", "FirstName", "LTV", "Extra", "Updated")
+    rows = [[f"U{i}@X.io " if i % 5 else "", f"M{i}" if i % 3 else "", ["ann", "", "bo"][i % 3],
+             str(i % 4) if i % 7 else "", "[1]" if i % 2 else "",
+             ["2024-01-02T03:04:05Z", "", "1700000000"][i % 3]] for i in range(40)]
+    rows[15][0] = rows[15][1] = ""                  # no identifier: rejected by the row path
+    rows[16][0] = "not an email"                    # unusable, the member number stays
+    if bad:
+        rows[20][3] = "lots"                         # not a float: rejected
+    path = write_csv(tmp_path / "m.csv", rows, header)
+    made = columnar_job(runtime, path, mapping=mapping)
+    (block,) = read_csv_blocks(path, Position(), 100, sorted(set(header)))
+    assert block.columns is not None
+
+    def mapped(columns: bool) -> tuple[Any, ...]:
+        chunk = Chunk(Rows(), [], 5.0)
+        rejected: list[tuple[int, str, Any]] = []
+        if columns:
+            done = made._map_columns(block, chunk, 1.0, rejected)
+            assert done is not bad
+            if not done:
+                made._map_block(block, chunk, 1.0, rejected)
+        else:
+            made._map_columns = lambda *a: False  # type: ignore[method-assign]
+            made._map_block(block, chunk, 1.0, rejected)
+            del made._map_columns
+        r = chunk.rows
+        return (r.lines, r.identifiers, r.traits, r.times, chunk.order,
+                [e.to_json() for e in chunk.events], rejected)
+
+    assert mapped(True) == mapped(False)
+    lines, idents, traits_, times, _, events, rejected = mapped(True)
+    assert [r[0] for r in rejected] == [2, 17, *([22] if bad else []), 32]
+    assert 18 in lines and idents[lines.index(18)] == [("member_number", "M16")]
+    assert traits_[lines.index(3)] == {"lifetime_value": 1.0, "extra": [1]}
+    assert traits_[lines.index(4)] == {"first_name": "bo", "lifetime_value": 2.0}
+    assert len(set(times)) == 3 and events == []

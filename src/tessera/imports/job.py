@@ -28,6 +28,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -365,6 +366,8 @@ class ImportJob:
                 self._map_record(record, chunk, event_time, rejected)
             return
         assert block.columns is not None
+        if self._map_columns(block, chunk, event_time, rejected):
+            return
         cols = block.columns
         rows = chunk.rows
         normalize = self.extractor.normalize
@@ -411,6 +414,83 @@ class ImportJob:
             rows.identifiers.append(idents)
             rows.traits.append(traits)
             rows.times.append(when)
+
+    def _map_columns(self, block: Block, chunk: Chunk, event_time: float,
+                     rejected: list[tuple[int, str, Any]]) -> bool:
+        """:meth:`_map_block`'s loop done a column at a time: the same calls (the
+        extractor's ``normalize`` of every identifier, the mapping's ``convert`` of every
+        distinct trait text, ``parse_time`` of every distinct time) over whole columns,
+        and each row's identifiers and traits put together by ``zip``. False, having
+        changed nothing, where the loop is needed: an identifier type of several
+        columns, a value either call refuses, a NUL escape in a ``json`` trait."""
+        assert block.columns is not None
+        cols = block.columns
+        if any(len(columns) != 1 for _, columns in self._idents):
+            return False
+        normalize, convert = self.extractor.normalize, self.mapping.convert
+        types = [t for t, _ in self._idents]
+        try:
+            idents_by_type = [list(map(normalize, repeat(t), cols[columns[0]]))
+                              for t, columns in self._idents]
+            values_by_trait = []
+            for name, column in self._traits:
+                col = cols[column]
+                if self.mapping.types.get(name) == "json" and any(
+                        map(str.__contains__, col, repeat("\\u0000"))):
+                    return False  # the trait extractor would strip the NUL
+                if self.mapping.types.get(name) == "json":  # values of their own per row
+                    values_by_trait.append(list(map(convert, repeat(name), col)))
+                    continue
+                known = {raw: convert(name, raw) for raw in dict.fromkeys(col)}
+                values_by_trait.append(list(map(known.__getitem__, col)))
+            if self.mapping.time_column:
+                col = cols[self.mapping.time_column]
+                parse_time = self.mapping.parse_time
+                at = {raw: parse_time(raw) if raw != "" else event_time
+                      for raw in dict.fromkeys(col)}
+                times = list(map(at.__getitem__, col))
+            else:
+                times = [event_time] * block.rows
+        except ValueError:
+            return False
+        # a row's identifiers: (type, value) of the values normalize kept, in type order
+        pairs = [list(zip(repeat(t), values, strict=False))
+                 for t, values in zip(types, idents_by_type, strict=True)]
+        if any(None in values for values in idents_by_type):
+            idents = [[x for x in row if x[1] is not None] for row in zip(*pairs, strict=True)]
+        else:
+            idents = list(map(list, zip(*pairs, strict=True)))
+        names = [name for name, _ in self._traits]
+        if any(None in values for values in values_by_trait):
+            traits = [{n: v for n, v in zip(names, row, strict=True) if v is not None}
+                      for row in zip(*values_by_trait, strict=True)]
+        elif names:
+            traits = list(map(dict, zip(*(zip(repeat(n), values, strict=False) for n, values
+                                          in zip(names, values_by_trait, strict=True)),
+                                        strict=True)))
+        else:
+            traits = [{} for _ in range(block.rows)]
+        rows, first = chunk.rows, block.first_line
+        lines = range(first, first + block.rows)
+        if all(idents):
+            chunk.order.extend(zip(lines, range(len(rows.lines), len(rows.lines) + block.rows),
+                                   strict=True))
+            rows.lines.extend(lines)
+            rows.identifiers.extend(idents)
+            rows.traits.extend(traits)
+            rows.times.extend(times)
+            return True
+        for i, line in enumerate(lines):
+            if not idents[i]:  # the row path says why
+                row = block.table.slice(i, 1).to_pylist()[0]
+                self._map_record(Record(line, row), chunk, event_time, rejected)
+                continue
+            chunk.order.append((line, len(rows.lines)))
+            rows.lines.append(line)
+            rows.identifiers.append(idents[i])
+            rows.traits.append(traits[i])
+            rows.times.append(times[i])
+        return True
 
     def _map_record(self, record: Record, chunk: Chunk, event_time: float,
                     rejected: list[tuple[int, str, Any]]) -> None:
