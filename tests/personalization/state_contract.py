@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from tessera.personalization.engine import Cause, Personalizer
+from tessera.personalization.engine import Cause, Outcome, Personalizer
 from tessera.personalization.state.base import OfferRecord, State
 
 
@@ -115,21 +116,39 @@ class StateContract:
         assert [m.message_id for m in state.pending_outbox(10)] == ["m2"]
 
     def test_compact_segment_rows_are_published_as_their_events(self, state: State) -> None:
-        """A membership change is kept as a compact record; the outbox gives the bus the
-        event itself, the same bytes the engine would have queued in full, in order with
-        rows queued in full (written before the compact format)."""
-        from tessera.personalization.state.outbox import ENTERED, MARK, event_row
+        """A membership change is kept as a compact record, up to a thousand to an outbox
+        row; the outbox gives the bus the events themselves, the same bytes the engine
+        would have queued in full, in order with rows queued in full (as before the compact
+        format), and forgets a row's events together."""
+        from tessera.personalization.state.outbox import ENTERED, MARK, PACK, event_row
 
-        values = (ENTERED, "vip", "p1", "batch:1.5:p1", "batch", None, None, 2.25, None)
-        full = event_row(*values)
-        cause = Cause("batch:1.5:p1", "batch")
-        row = Personalizer.segment_event(ENTERED, "vip", "p1", cause, 2.25)
+        def values(n: int) -> tuple[Any, ...]:
+            return (ENTERED, "vip", f"p{n}", f"batch:1.5:p{n}", "batch", None, None, 2.25, None)
+
+        result = Outcome()
+        result.events = [Personalizer.segment_event(ENTERED, "vip", f"p{n}",
+                                                    Cause(f"batch:1.5:p{n}", "batch"), 2.25)
+                         for n in range(PACK + 2)]
+        assert all(row[3].startswith(MARK) for row in result.events)
+        assert len(result.events[0][3]) * 3 < len(event_row(*values(0))[3])
         with state.transaction() as tx:
-            tx.add_outbox([("derived", "old", "k", b'{"old": true}'), row])
-        pending = state.pending_outbox(10)
+            tx.add_outbox([("derived", "old", "k", b'{"old": true}')])
+            Personalizer.queue(tx, result)
+            tx.add_outbox([("derived", "new", "k", b"two")])
+        pending = state.pending_outbox(2000)
         assert [(m.topic, m.message_id, m.key, m.payload) for m in pending] == [
-            ("derived", "old", "k", b'{"old": true}'), full]
-        assert row[3].startswith(MARK) and len(row[3]) * 3 < len(full[3])
+            ("derived", "old", "k", b'{"old": true}'),
+            *(event_row(*values(n)) for n in range(PACK + 2)),
+            ("derived", "new", "k", b"two")]
+        ids = [m.id for m in pending]
+        assert len(set(ids)) == 4  # the events in two rows of compact records
+        assert ids[1] == ids[PACK] != ids[PACK + 1] == ids[PACK + 2]
+        # a row's events are not split between two reads; reading stops at ``limit``
+        assert [m.message_id for m in state.pending_outbox(2)] == [
+            "old", *(event_row(*values(n))[1] for n in range(PACK))]
+        state.delete_outbox(sorted(set(ids[:PACK + 1])))
+        assert [m.message_id for m in state.pending_outbox(10)] == [
+            event_row(*values(n))[1] for n in (PACK, PACK + 1)] + ["new"]
 
     def test_locked_profiles_are_changed_by_one_transaction_at_a_time(self, state: State) -> None:
         """Two writers incrementing one profile's state never lose an update."""

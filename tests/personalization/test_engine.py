@@ -393,7 +393,7 @@ def test_segment_event_row_is_the_envelope_it_stands_for(since: float | None) ->
                                      since=since)
     assert row[3].startswith(MARK)  # the outbox keeps a compact record
     assert len(row[3]) < 200
-    topic, uid, key, payload = published(*row)  # what the outbox gives the bus
+    [(topic, uid, key, payload)] = published(*row)  # what the outbox gives the bus
     event = Event.from_json(payload)
     data: dict[str, Any] = {
         "profile_id": "p_1", "segment": "frequent_tows", "reason": "event",

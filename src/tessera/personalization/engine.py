@@ -43,6 +43,7 @@ from tessera.personalization.state.outbox import (
     EXITED,
     OutboxRow,
     compact,
+    packed,
 )
 from tessera.store.base import Profile, Store
 
@@ -288,8 +289,9 @@ class Personalizer:
 
     @staticmethod
     def queue(tx: StateTx, result: Outcome) -> None:
+        """The outcome's events into the outbox, up to a thousand a row."""
         if result.events:
-            tx.add_outbox(result.events)
+            tx.add_outbox(packed(result.events))
 
     # -- merges -----------------------------------------------------------------------
 

@@ -9,21 +9,27 @@ keeps a compact record of those few values instead (about 170 bytes) and
 :func:`published` rebuilds the event, byte for byte the JSON of
 ``Event(...).to_json()``, when the outbox is read for the bus.
 
-A compact record is the payload ``MARK`` + the JSON array of the values, with
-empty message id and key (both derived). Any other row (one queued before
-this format, or by a caller of ``StateTx.add_outbox`` with its own payload)
-is published as it is.
+A row of compact records is the payload ``MARK`` + a JSON array of records
+(each the array of one event's values), with empty message id and key (both
+derived). :func:`packed` puts up to ``PACK`` records of one transaction into
+one row: a first evaluation writes one outbox row per thousand events instead
+of one per event, and the relay publishes them together and deletes the row
+once all are on the bus (a crash in between publishes them again; the bus
+keeps one of each id). Any other row (one queued before this format, or by a
+caller of ``StateTx.add_outbox`` with its own payload) is published as it is.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
 from tessera.events import DERIVED_TOPIC
 from tessera.events.envelope import iso_time
+from tessera.store.base import OutboxMessage
 
 SOURCE = "tessera/personalization"
 SPECVERSION = "1.0"
@@ -37,13 +43,45 @@ OutboxRow = tuple[str, str, str, bytes]
 """(topic, message id, partition key, payload)."""
 
 
+PACK = 1000
+"""Records per outbox row at most: the relay publishes a row's events in one call."""
+
+
 def compact(kind: str, audience: str, pid: str, cause_uid: str, reason: str,
             cause_type: str | None, cause_received_at: float | None, now: float,
             since: float | None) -> OutboxRow:
-    """The outbox row of one membership change (floats keep every bit: orjson writes the
-    shortest text that reads back as the same float)."""
-    return (DERIVED_TOPIC, "", "", MARK + orjson.dumps(
-        [kind, audience, pid, cause_uid, reason, cause_type, cause_received_at, now, since]))
+    """The outbox row of one membership change: one compact record (floats keep every
+    bit: orjson writes the shortest text that reads back as the same float)."""
+    return (DERIVED_TOPIC, "", "", b"%b[%b]" % (MARK, orjson.dumps(
+        [kind, audience, pid, cause_uid, reason, cause_type, cause_received_at, now, since])))
+
+
+def packed(rows: list[OutboxRow], most: int = PACK) -> list[OutboxRow]:
+    """The rows to write for these: each run of compact rows in rows of up to ``most``
+    records, in order; any other row as it is."""
+    out: list[OutboxRow] = []
+    run: list[bytes] = []
+    start = len(MARK) + 1
+
+    def close() -> None:
+        out.append((DERIVED_TOPIC, "", "", b"%b[%b]" % (MARK, b",".join(run))))
+        run.clear()
+
+    for row in rows:
+        payload = row[3]
+        if payload.startswith(MARK):
+            records = payload[start:-1]  # one or more records, without the brackets
+            if records:
+                run.append(records)
+            if len(run) >= most:
+                close()
+        else:
+            if run:
+                close()
+            out.append(row)
+    if run:
+        close()
+    return out
 
 
 class _Iso:
@@ -97,10 +135,21 @@ def event_row(kind: str, audience: str, pid: str, cause_uid: str, reason: str,
     return (DERIVED_TOPIC, digest, f"profile_id:{pid}", payload)
 
 
-def published(topic: str, msg_id: str, key: str, payload: bytes) -> OutboxRow:
-    """The row as it goes to the bus: a compact record becomes its event, anything else
-    stays as it is."""
+def published(topic: str, msg_id: str, key: str, payload: bytes) -> list[OutboxRow]:
+    """The messages of one outbox row as they go to the bus: a row of compact records
+    gives their events, in order; any other row stays as it is."""
     if not payload.startswith(MARK):
-        return (topic, msg_id, key, payload)
-    values = orjson.loads(payload[len(MARK):])
-    return event_row(*values)
+        return [(topic, msg_id, key, payload)]
+    return [event_row(*values) for values in orjson.loads(payload[len(MARK):])]
+
+
+def messages(rows: Iterable[tuple[int, str, str, str, bytes]], limit: int) -> list[OutboxMessage]:
+    """The pending messages of outbox rows (id, topic, message id, key, payload) in order,
+    every message of a row with the row's id; rows stop being read once ``limit`` messages
+    are there (a row of compact records gives up to ``PACK``)."""
+    out: list[OutboxMessage] = []
+    for id_, topic, msg_id, key, payload in rows:
+        if len(out) >= limit:
+            break
+        out += [OutboxMessage(id_, *row) for row in published(topic, msg_id, key, payload)]
+    return out

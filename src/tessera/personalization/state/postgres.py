@@ -24,7 +24,7 @@ from tessera.personalization.state.base import (
     StateTx,
     TraitStates,
 )
-from tessera.personalization.state.outbox import published
+from tessera.personalization.state.outbox import messages
 from tessera.store.base import OutboxMessage, StoreUnavailable
 from tessera.store.postgres import _configure, _key, create_schema, parse_url
 
@@ -260,9 +260,18 @@ class PostgresState(State):
             "ORDER BY 1")]
 
     def pending_outbox(self, limit: int) -> list[OutboxMessage]:
-        return [OutboxMessage(r[0], *published(r[1], r[2], r[3], bytes(r[4]))) for r in self._rows(
-            "SELECT id, topic, msg_id, key, payload FROM pz_outbox ORDER BY id LIMIT %s",
-            [limit])]
+        # a row of compact records holds up to a thousand messages: a few rows at a time
+        out: list[OutboxMessage] = []
+        after = 0
+        while len(out) < limit:
+            rows = self._rows("SELECT id, topic, msg_id, key, payload FROM pz_outbox "
+                              "WHERE id > %s ORDER BY id LIMIT %s", [after, min(limit, 16)])
+            if not rows:
+                break
+            out += messages([(i, t, m, k, bytes(p)) for i, t, m, k, p in rows],
+                            limit - len(out))
+            after = rows[-1][0]
+        return out
 
     def delete_outbox(self, ids: Sequence[int]) -> None:
         with self._connection() as conn:

@@ -23,7 +23,7 @@ from tessera.personalization.state.base import (
     StateTx,
     TraitStates,
 )
-from tessera.personalization.state.outbox import published
+from tessera.personalization.state.outbox import messages
 from tessera.store.base import OutboxMessage
 
 SCHEMA = """
@@ -254,9 +254,14 @@ class SQLiteState(sqlitefile.SchemaFile, State):
             "ORDER BY 1")]
 
     def pending_outbox(self, limit: int) -> list[OutboxMessage]:
-        return [OutboxMessage(r[0], *published(*r[1:])) for r in self._rows(
-            "SELECT id, topic, msg_id, key, payload FROM pz_outbox ORDER BY id LIMIT ?",
-            (limit,))]
+        with self._lock:  # rows read one at a time: one of compact records holds up to 1000
+            rows = self.conn().execute(
+                "SELECT id, topic, msg_id, key, payload FROM pz_outbox ORDER BY id LIMIT ?",
+                (limit,))
+            try:
+                return messages(rows, limit)
+            finally:
+                rows.close()
 
     def delete_outbox(self, ids: Sequence[int]) -> None:
         with self._lock:
