@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import contextlib
+import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +26,42 @@ class TestSQLiteState(StateContract):
         with writer.transaction() as tx:
             tx.enter("vip", "p1", 1.0)
         assert reader.memberships_of("p1") == {"vip": 1.0}
+        writer.close()
+        reader.close()
+
+    def test_reading_neither_waits_for_nor_sees_another_writer(self, tmp_path: Path) -> None:
+        """Batch evaluation reads each chunk in ``reading()`` while another process writes:
+        it reads the last commit at once instead of queueing for the write lock."""
+        writer = SQLiteState(tmp_path / "p.db")
+        reader = SQLiteState(tmp_path / "p.db")
+        with writer.transaction() as tx:
+            tx.enter("vip", "p1", 1.0)
+        holding, done = threading.Event(), threading.Event()
+
+        def write() -> None:
+            with writer.transaction() as tx:
+                tx.enter("gold", "p1", 2.0)
+                tx.memberships(["p1"])  # written, not committed
+                holding.set()
+                done.wait(10)
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        try:
+            assert holding.wait(10)
+            with reader.reading() as tx:
+                seen = tx.memberships(["p1"])
+            done.set()
+        finally:
+            done.set()
+            thread.join()
+        assert seen == {"p1": {"vip": 1.0}}
+        assert reader.memberships_of("p1") == {"vip": 1.0, "gold": 2.0}
+        with pytest.raises(sqlite3.OperationalError), reader.reading() as tx:
+            tx.enter("silver", "p1", 3.0)  # a write in it is refused, not dropped
+        with reader.transaction() as tx:  # the connection writes again afterwards
+            tx.enter("silver", "p1", 3.0)
+        assert reader.memberships_of("p1") == {"vip": 1.0, "gold": 2.0, "silver": 3.0}
         writer.close()
         reader.close()
 

@@ -123,14 +123,15 @@ def _evaluate_chunk(engine: Personalizer, pids: list[str], only: set[str] | None
     """Evaluate a chunk from what its profiles hold, then write what changed.
 
     The evaluation and the entry and exit events (most of the CPU) are made between two
-    short state transactions: the first reads the aggregates and memberships, the
-    second reads them again, under the lock, and writes. A profile whose aggregates or
+    short state transactions: the first reads the aggregates and memberships (a read
+    snapshot: with SQLite it takes no write lock), the second reads them again, under
+    the lock, and writes. A profile whose aggregates or
     memberships changed in between (an event applied meanwhile) is evaluated again
     inside the lock, so the result is what one transaction would have given.
     """
     now = engine.clock()
     profiles = engine.read_profiles(pids)
-    with engine.state.transaction() as tx:
+    with engine.state.reading() as tx:  # SQLite: no write lock, the other processes write
         states = tx.trait_states(pids)
         before = tx.memberships(pids)
     plans: dict[str, _Planned] = {}

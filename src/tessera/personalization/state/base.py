@@ -132,6 +132,12 @@ class State(abc.ABC):
     def transaction(self) -> AbstractContextManager[StateTx]:
         """Commit on normal exit, roll back on an exception."""
 
+    def reading(self) -> AbstractContextManager[StateTx]:
+        """A transaction that only reads (a write in it is an error). A backend may make it
+        a snapshot that neither waits for a writer nor holds one back (SQLite: no write
+        lock); batch evaluation reads each chunk so, and again in a writing transaction."""
+        return self.transaction()
+
     @abc.abstractmethod
     def due(self, now: float, limit: int) -> list[str]:
         """Profiles whose next window edge is at or before ``now``, earliest first."""

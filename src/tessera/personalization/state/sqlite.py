@@ -218,6 +218,24 @@ class SQLiteState(sqlitefile.SchemaFile, State):
                 raise
             conn.execute("COMMIT")
 
+    @contextmanager
+    def reading(self) -> Iterator[StateTx]:
+        """A deferred transaction on the WAL's last commit: no write lock is taken, so it
+        neither waits for the writer of another process nor holds it back."""
+        with self._lock:
+            conn = self.conn()
+            conn.execute("PRAGMA query_only=ON")
+            try:
+                conn.execute("BEGIN")
+                try:
+                    tx = SQLiteStateTx(conn)
+                    yield tx
+                    tx.flush()  # a membership change made in it: refused (query_only)
+                finally:
+                    conn.execute("ROLLBACK")
+            finally:
+                conn.execute("PRAGMA query_only=OFF")
+
     def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         with self._lock:
             return self.conn().execute(sql, params).fetchall()
