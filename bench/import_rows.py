@@ -49,6 +49,15 @@ def generate(path: Path, rows: int) -> None:
                              f"{i % 1000}.5"])
 
 
+def disk_writes() -> int:
+    """Bytes this process caused to be written to storage so far (Linux), else -1."""
+    try:
+        with open("/proc/self/io") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("write_bytes"))
+    except (OSError, StopIteration):
+        return -1
+
+
 class PeakRss:
     def __init__(self) -> None:
         self.proc = psutil.Process()
@@ -86,10 +95,13 @@ async def main(args: argparse.Namespace) -> None:
             path = ("columnar" if job.columnar is not None else
                     "bulk" if job.bulk is not None and args.mode == "direct" else "per event")
             load_before = os.getloadavg()
+            written = disk_writes()
             with PeakRss() as rss:
                 started, cpu = time.perf_counter(), time.process_time()
                 summary = await job.run()
                 elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+            after = disk_writes()
+            written = after - written if min(after, written) >= 0 else -1
         finally:
             await runtime.close()
         size = file.stat().st_size
@@ -99,8 +111,12 @@ async def main(args: argparse.Namespace) -> None:
           f"{os.getloadavg()[0]:.1f} after (1 min) on {os.cpu_count()} CPUs")
     print(f"imported {summary.imported:,} in {elapsed:.1f} s: {summary.rows / elapsed:,.0f} rows/s;"
           f" peak RSS growth {(rss.peak - rss.start) / 2**20:.0f} MiB")
-    print(f"CPU time of this process {cpu:.1f} s: {summary.rows / cpu:,.0f} rows per CPU-second "
-          f"(the wall figure is lower whenever other processes share the CPUs)")
+    print(f"CPU time of this process {cpu:.1f} s: {summary.rows / cpu:,.0f} rows per CPU-second, "
+          f"{cpu / summary.rows * 1e6:.1f} us per row (the wall figure is lower whenever other "
+          f"processes share the CPUs)")
+    if written >= 0:
+        print(f"written to disk during the import: {written / 1e9:.2f} GB "
+              f"({written / summary.rows / 1e3:.1f} KB per row: WAL and checkpoints)")
 
 
 if __name__ == "__main__":
