@@ -186,6 +186,44 @@ class StoreContract:
         assert store.counts()["profiles"] == 1
         assert store.counts()["merges"] == 2
 
+    def test_merges_in_one_transaction_end_as_one_after_the_other(self, store: Store) -> None:
+        """b into a, then a into c, in one transaction; d was merged into b before."""
+        a, b, c, d = pid(), pid(), pid(), pid()
+        with store.transaction() as tx:
+            for n, p in enumerate((a, b, c, d)):
+                tx.create_profile(p, 10.0 - n)
+            tx.link(d, [("anonymous_id", "anon-d")], "e0", 1.0, "web")
+            tx.append_timeline(d, [entry("e0", 0.5)], 1.0)
+        with store.transaction() as tx:
+            tx.merge(b, [d], "e0m", 1.5, "deterministic")
+        with store.transaction() as tx:
+            tx.lock_profiles(sorted([a, b, c]))
+            tx.link(a, [("email", "a@x.io")], "e1", 2.0, "web")
+            tx.link(b, [("user_id", "u1")], "e2", 2.0, "web")
+            tx.link(c, [("phone", "+15555550100")], "e3", 2.0, "web")
+            tx.append_timeline(a, [entry("e1", 1.0)], 2.0)
+            tx.append_timeline(b, [entry("e2", 2.0)], 2.0)
+            tx.merge(a, [b], "e4", 4.0, "deterministic")
+            assert tx.lookup([("user_id", "u1")]) == {("user_id", "u1"): a}
+            tx.append_timeline(c, [entry("e3", 3.0)], 4.0)
+            tx.merge(c, [a], "e5", 4.0, "deterministic")
+            assert set(tx.identifiers_of([c])[c]) == {
+                ("email", "a@x.io"), ("user_id", "u1"), ("phone", "+15555550100"),
+                ("anonymous_id", "anon-d")}
+        for ident in ("email:a@x.io", "user_id:u1", "anonymous_id:anon-d", a, b, c, d):
+            assert store.resolve(ident) == c, ident
+        for gone in (a, b, d):
+            assert store.get_profile(gone) is None
+        survivor = store.get_profile(c)
+        assert survivor is not None
+        assert survivor.event_count == 4
+        assert survivor.created_at == 7.0  # d's, the oldest
+        assert {(m.merged, m.event_uid) for m in survivor.merged_from} == {
+            (d, "e0m"), (b, "e4"), (a, "e5")}
+        assert [e.event_uid for e in store.timeline(c, 10)] == ["e3", "e2", "e1", "e0"]
+        assert store.counts()["profiles"] == 1
+        assert store.counts()["merges"] == 3
+
     def test_outbox_in_order_and_deleted(self, store: Store) -> None:
         with store.transaction() as tx:
             tx.add_outbox([("derived", "d1", "k", b"one"), ("derived", "d2", "k", b"two")])

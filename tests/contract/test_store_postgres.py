@@ -261,6 +261,31 @@ class TestPostgresStore(ChangeFeedContract):
         assert errors == []
         assert done == [60, 60]
 
+    def test_a_transactions_merges_go_in_one_set_of_statements(self, pg: PostgresStore) -> None:
+        """Ten merges cost what one does: seven statements at commit, no flush per merge."""
+        profiles = [pid() for _ in range(11)]
+        with pg.transaction() as tx:
+            for n, p in enumerate(profiles):
+                tx.create_profile(p, 1.0)
+                tx.link(p, [("email", f"m{n}@x.io")], f"e{n}", 1.0, "web")
+        sent: list[str] = []
+        with pg.transaction() as tx:
+            writer = tx._w  # type: ignore[attr-defined]
+
+            class Counting:
+                def execute(self, query: Any, params: Any = None, **kw: Any) -> Any:
+                    sent.append(str(query))
+                    return writer.execute(query, params, **kw)
+
+            tx._w = Counting()  # type: ignore[attr-defined]
+            tx.lock_profiles(sorted(profiles))
+            for n in range(1, 11):
+                tx.merge(profiles[0], [profiles[n]], f"m{n}", 2.0, "deterministic")
+        assert len(sent) == 7 + 1  # the merges, and the lock
+        survivor = pg.get_profile(profiles[0])
+        assert survivor is not None and len(survivor.identities) == 11
+        assert {m.merged for m in survivor.merged_from} == set(profiles[1:])
+
     def test_merge_after_concurrent_merge_follows_the_survivor(self, pg: PostgresStore) -> None:
         """Lock, look up again, merge by id: a merge that committed meanwhile is not undone."""
         a, b, c = pid(), pid(), pid()

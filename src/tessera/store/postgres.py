@@ -460,6 +460,7 @@ class PostgresTx(StoreTx):
         self._timeline: list[tuple[str, float, str, str, str, float, bytes]] = []
         self._applied: dict[str, float] = {}
         self._outbox: list[tuple[str, str, str, bytes]] = []
+        self._merges: list[tuple[str, list[str], str, float, str]] = []
 
     # -- reads
 
@@ -490,6 +491,7 @@ class PostgresTx(StoreTx):
                 ask.append(ident)
         if not ask:
             return out
+        self._flush_merges()
         rows = self._fetch(
             "SELECT i.type, i.value, i.profile_id "
             "FROM unnest(%b::text[], %b::text[]) AS q(type, value) "
@@ -516,6 +518,7 @@ class PostgresTx(StoreTx):
         if not ids:
             return out
         self._flush_links()
+        self._flush_merges()
         for pid, type_, value in self._fetch(
             "SELECT profile_id, type, value FROM identities WHERE profile_id = ANY(%b::text[])",
             [Texts(ids)],
@@ -612,50 +615,94 @@ class PostgresTx(StoreTx):
     ) -> None:
         """Move everything of ``merged`` to ``into`` by profile id, under the caller's locks.
 
-        Pending writes go first, so the statements below see this batch's own
-        links, timeline and counts.
+        Kept until :meth:`flush` like the other writes (or until a read that
+        depends on it), where all of a transaction's merges go in the same seven
+        statements: a batch often merges a dozen times, and seven statements
+        (and an early flush) each time were most of a batch's statements.
         """
         gone = [pid for pid in dict.fromkeys(merged) if pid != into]
         if not gone:
             return
-        self.flush()
-        w = self._w
-        w.execute(
-            "UPDATE identities SET profile_id = %s WHERE profile_id = ANY(%b::text[])",
-            [into, gone],
-        )
-        w.execute(
-            "UPDATE timeline SET profile_id = %s WHERE profile_id = ANY(%b::text[])",
-            [into, gone],
-        )
-        w.execute(
-            "UPDATE profiles SET merged_into = %s WHERE merged_into = ANY(%b::text[])",
-            [into, gone],
-        )
-        w.execute(
-            "UPDATE profiles SET event_count = profiles.event_count + m.n, "
-            "created_at = least(profiles.created_at, m.created), updated_at = %s "
-            "FROM (SELECT coalesce(sum(event_count), 0) AS n, min(created_at) AS created "
-            "      FROM profiles WHERE id = ANY(%b::text[])) AS m "
-            "WHERE profiles.id = %s AND m.created IS NOT NULL",
-            [at, gone, into],
-        )
-        w.execute(
-            "UPDATE profiles SET merged_into = %s, event_count = 0, updated_at = %s "
-            "WHERE id = ANY(%b::text[])",
-            [into, at, gone],
-        )
-        w.execute("UPDATE merges SET into_id = %s WHERE into_id = ANY(%b::text[])", [into, gone])
-        w.execute(
-            "INSERT INTO merges (into_id, merged_id, event_uid, at, reason) "
-            "SELECT %s, m, %s, %s, %s FROM unnest(%b::text[]) WITH ORDINALITY AS u(m, n) "
-            "ORDER BY n",
-            [into, event_uid, at, reason, gone],
-        )
+        self._merges.append((into, gone, event_uid, at, reason))
         moved = set(gone)
         for ident, pid in self._known.items():
             if pid in moved:
                 self._known[ident] = into
+
+    def _flush_merges(self) -> None:
+        """Send the pending merges, with everything they move written first.
+
+        The same end state as merging one after the other: a profile merged
+        into one that is merged later in the transaction ends in the last one,
+        with its merge record, and so do the profiles and records that pointed
+        at either.
+        """
+        if not self._merges:
+            return
+        self._flush_links()
+        self._flush_counts()
+        self._flush_timeline()
+        final: dict[str, str] = {}  # merged profile -> the profile it ends in
+        records: list[list[Any]] = []
+        for into, gone, event_uid, at, reason in self._merges:
+            into = final.get(into, into)
+            for pid in gone:
+                if pid == into:
+                    continue
+                for earlier, target in final.items():
+                    if target == pid:
+                        final[earlier] = into
+                final[pid] = into
+                records.append([into, pid, event_uid, at, reason])
+        at = max(m[3] for m in self._merges)
+        self._merges = []
+        if not final:
+            return
+        for record in records:
+            record[0] = final.get(record[0], record[0])
+        mapping = [Texts(final), Texts(final.values())]
+        moves = "unnest(%b::text[], %b::text[]) AS m(gone, survivor)"
+        w = self._w
+        w.execute(
+            f"UPDATE identities SET profile_id = m.survivor FROM {moves} "
+            "WHERE identities.profile_id = m.gone",
+            mapping,
+        )
+        w.execute(
+            f"UPDATE timeline SET profile_id = m.survivor FROM {moves} "
+            "WHERE timeline.profile_id = m.gone",
+            mapping,
+        )
+        w.execute(
+            f"UPDATE profiles SET merged_into = m.survivor FROM {moves} "
+            "WHERE profiles.merged_into = m.gone",
+            mapping,
+        )
+        w.execute(
+            "UPDATE profiles SET event_count = profiles.event_count + s.n, "
+            "created_at = least(profiles.created_at, s.created), updated_at = %s "
+            "FROM (SELECT m.survivor, coalesce(sum(p.event_count), 0) AS n, "
+            f"      min(p.created_at) AS created FROM {moves} "
+            "      JOIN profiles p ON p.id = m.gone GROUP BY m.survivor) AS s "
+            "WHERE profiles.id = s.survivor",
+            [at, *mapping],
+        )
+        w.execute(
+            f"UPDATE profiles SET merged_into = m.survivor, event_count = 0, updated_at = %s "
+            f"FROM {moves} WHERE profiles.id = m.gone",
+            [at, *mapping],
+        )
+        w.execute(
+            f"UPDATE merges SET into_id = m.survivor FROM {moves} WHERE merges.into_id = m.gone",
+            mapping,
+        )
+        cols = list(zip(*records, strict=True))
+        w.execute(
+            "INSERT INTO merges (into_id, merged_id, event_uid, at, reason) "
+            "SELECT i, g, e, a, r FROM unnest(%b::text[], %b::text[], %b::text[], %b::float8[], "
+            "%b::text[]) WITH ORDINALITY AS u(i, g, e, a, r, n) ORDER BY n",
+            [Texts(cols[0]), Texts(cols[1]), Texts(cols[2]), Floats(cols[3]), Texts(cols[4])],
+        )
 
     def split(
         self,
@@ -808,9 +855,7 @@ class PostgresTx(StoreTx):
             )
             self._trait_puts = {}
 
-    def flush(self) -> None:
-        """Queue every pending write in the pipeline (in dependency order)."""
-        self._flush_links()
+    def _flush_counts(self) -> None:
         w = self._w
         if self._counts:
             ids = sorted(self._counts)
@@ -823,7 +868,9 @@ class PostgresTx(StoreTx):
                  Floats([self._counts[i][1] for i in ids])],
             )
             self._counts = {}
-        self._flush_traits()
+
+    def _flush_timeline(self) -> None:
+        w = self._w
         if self._timeline:
             cols = list(zip(*self._timeline, strict=True))
             w.execute(
@@ -834,6 +881,15 @@ class PostgresTx(StoreTx):
                  Floats(cols[5]), Blobs(cols[6])],
             )
             self._timeline = []
+
+    def flush(self) -> None:
+        """Queue every pending write in the pipeline (in dependency order)."""
+        self._flush_links()
+        self._flush_counts()
+        self._flush_timeline()
+        self._flush_merges()
+        self._flush_traits()
+        w = self._w
         if self._applied:
             w.execute(
                 "INSERT INTO applied (event_uid, at) "
