@@ -150,6 +150,14 @@ class StateContract:
         assert [m.message_id for m in state.pending_outbox(10)] == [
             event_row(*values(n))[1] for n in (PACK, PACK + 1)] + ["new"]
 
+    def test_reading_sees_what_was_committed(self, state: State) -> None:
+        with state.transaction() as tx:
+            tx.enter("vip", "p1", 1.0)
+            tx.put_trait_states("p1", {"n": {"v": 1}})
+        with state.reading() as tx:
+            assert tx.memberships(["p1", "p2"]) == {"p1": {"vip": 1.0}, "p2": {}}
+            assert tx.trait_states(["p1"]) == {"p1": {"n": {"v": 1}}}
+
     def test_locked_profiles_are_changed_by_one_transaction_at_a_time(self, state: State) -> None:
         """Two writers incrementing one profile's state never lose an update."""
 

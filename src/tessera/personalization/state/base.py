@@ -133,9 +133,10 @@ class State(abc.ABC):
         """Commit on normal exit, roll back on an exception."""
 
     def reading(self) -> AbstractContextManager[StateTx]:
-        """A transaction that only reads (a write in it is an error). A backend may make it
-        a snapshot that neither waits for a writer nor holds one back (SQLite: no write
-        lock); batch evaluation reads each chunk so, and again in a writing transaction."""
+        """A transaction for reads only (SQLite refuses a write in it; here it is just a
+        transaction). A backend may make it a snapshot that neither waits for a writer nor
+        holds one back (SQLite: no write lock); batch evaluation reads each chunk so, and
+        again in a writing transaction."""
         return self.transaction()
 
     @abc.abstractmethod
