@@ -660,22 +660,24 @@ class PostgresTx(StoreTx):
             return
         for record in records:
             record[0] = final.get(record[0], record[0])
-        mapping = [Texts(final), Texts(final.values())]
+        # ``x = ANY(gone)`` beside the join lets the planner use the indexes, where
+        # the join alone made it scan whole tables
+        mapping = [Texts(final), Texts(final.values()), Texts(final)]
         moves = "unnest(%b::text[], %b::text[]) AS m(gone, survivor)"
         w = self._w
         w.execute(
             f"UPDATE identities SET profile_id = m.survivor FROM {moves} "
-            "WHERE identities.profile_id = m.gone",
+            "WHERE identities.profile_id = m.gone AND identities.profile_id = ANY(%b::text[])",
             mapping,
         )
         w.execute(
             f"UPDATE timeline SET profile_id = m.survivor FROM {moves} "
-            "WHERE timeline.profile_id = m.gone",
+            "WHERE timeline.profile_id = m.gone AND timeline.profile_id = ANY(%b::text[])",
             mapping,
         )
         w.execute(
             f"UPDATE profiles SET merged_into = m.survivor FROM {moves} "
-            "WHERE profiles.merged_into = m.gone",
+            "WHERE profiles.merged_into = m.gone AND profiles.merged_into = ANY(%b::text[])",
             mapping,
         )
         w.execute(
@@ -685,15 +687,16 @@ class PostgresTx(StoreTx):
             f"      min(p.created_at) AS created FROM {moves} "
             "      JOIN profiles p ON p.id = m.gone GROUP BY m.survivor) AS s "
             "WHERE profiles.id = s.survivor",
-            [at, *mapping],
+            [at, *mapping[:2]],
         )
         w.execute(
             f"UPDATE profiles SET merged_into = m.survivor, event_count = 0, updated_at = %s "
-            f"FROM {moves} WHERE profiles.id = m.gone",
+            f"FROM {moves} WHERE profiles.id = m.gone AND profiles.id = ANY(%b::text[])",
             [at, *mapping],
         )
         w.execute(
-            f"UPDATE merges SET into_id = m.survivor FROM {moves} WHERE merges.into_id = m.gone",
+            f"UPDATE merges SET into_id = m.survivor FROM {moves} "
+            "WHERE merges.into_id = m.gone AND merges.into_id = ANY(%b::text[])",
             mapping,
         )
         cols = list(zip(*records, strict=True))
