@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -238,3 +239,34 @@ async def test_columns_mapped_at_once_are_what_the_row_loop_maps(
     assert traits_[lines.index(3)] == {"lifetime_value": 1.0, "extra": [1]}
     assert traits_[lines.index(4)] == {"first_name": "bo", "lifetime_value": 2.0}
     assert len(set(times)) == 3 and events == []
+
+
+@pytest.mark.parametrize("columnar", [False, True], ids=["bulk", "columnar"])
+async def test_every_write_of_an_import_is_made_on_one_thread(
+        runtime: Runtime, tmp_path: Path, columnar: bool) -> None:
+    """The SQLite store's connection is per thread, and its page cache is dropped whenever
+    another connection wrote: all of an import's chunks go through one writing thread."""
+    path = write_csv(tmp_path / "t.csv", [[f"u{i}@x.io", f"M{i}", "n", str(i)]
+                                          for i in range(50)])
+    made = job(runtime, path, log_events=False, columnar=columnar, batch_size=5)
+    threads: list[str] = []
+    if made.columnar is not None:
+        commit = made.columnar.commit
+
+        def spy_commit(prepared: Any, retries: int = 8) -> Any:
+            threads.append(threading.current_thread().name)
+            return commit(prepared, retries)
+
+        made.columnar.commit = spy_commit  # type: ignore[method-assign]
+    else:
+        assert made.bulk is not None
+        apply = made.bulk.apply
+
+        def spy_apply(events: Any, retries: int = 8) -> Any:
+            threads.append(threading.current_thread().name)
+            return apply(events, retries)
+
+        made.bulk.apply = spy_apply  # type: ignore[method-assign]
+    summary = await made.run()
+    assert summary.imported == 50 and len(threads) >= 10
+    assert len(set(threads)) == 1 and threads[0].startswith("import-writer")

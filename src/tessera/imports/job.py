@@ -27,6 +27,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import repeat
 from pathlib import Path
@@ -581,6 +582,11 @@ class ImportJob:
         except ReaderError as exc:
             raise ImportError_(str(exc)) from None
         checked = False
+        # every write of this import from one thread: the store's connection is per
+        # thread and SQLite drops a connection's page cache whenever another connection
+        # wrote, so writes taking turns on the default executor's threads would each
+        # start from a cold cache (every page of an index of random keys read again)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="import-writer")
         ahead: asyncio.Future[Any] | None = None
         """The columnar path's next chunk, read and prepared while the store writes one."""
         rejects = open(self.rejects_path, "ab")  # noqa: SIM115 - closed below
@@ -613,7 +619,7 @@ class ImportJob:
                     if pos is not None:  # the other core reads and maps the next chunk
                         ahead = asyncio.ensure_future(asyncio.to_thread(
                             self._next_chunk, records, summary.event_time))
-                    self._count(summary, await asyncio.to_thread(self.columnar.commit, prepared))
+                    self._count(summary, await self._write(self.columnar.commit, prepared))
                 else:
                     await self._apply(batch, summary)
                 for line, reason, raw in rejected:
@@ -642,6 +648,11 @@ class ImportJob:
                 with contextlib.suppress(Exception):
                     await ahead
             rejects.close()
+            self._writer.shutdown(wait=False)
+
+    async def _write(self, apply: Callable[[Any], BatchResult], batch: Any) -> BatchResult:
+        """``apply(batch)`` on the import's writing thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._writer, apply, batch)
 
     def _next_batch(
         self, records: Any, event_time: float
@@ -686,7 +697,7 @@ class ImportJob:
                 summary.duplicates += len(batch) - new
                 return
         apply = self.bulk.apply if self.bulk is not None else self.processor.apply
-        result = await asyncio.to_thread(apply, batch)
+        result = await self._write(apply, batch)
         summary.imported += result.applied
         summary.duplicates += result.duplicates
         summary.profiles_created += result.profiles_created
