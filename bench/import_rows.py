@@ -3,6 +3,7 @@
     python bench/import_rows.py --rows 1000000 --no-log          # the columnar path
     python bench/import_rows.py --rows 1000000 --no-log --no-columnar   # bulk, per event
     python bench/import_rows.py --rows 200000 --mode bus
+    python bench/import_rows.py --rows 1000000 --no-log --random-emails
 
 Generates a CSV of profile records (email, member number, four traits),
 imports it into a fresh embedded default (SQLite store and log) and prints
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import hashlib
 import os
 import sys
 import tempfile
@@ -40,12 +42,17 @@ MAPPING = {
 }
 
 
-def generate(path: Path, rows: int) -> None:
+def generate(path: Path, rows: int, random_emails: bool = False) -> None:
+    """``random_emails``: addresses in no order (12 hex digits of a hash of the row), as
+    real files have them, instead of ``user<i>@``, which the identities index takes
+    nearly in order."""
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["Email", "MemberNo", "FirstName", "LastName", "City", "LTV"])
         for i in range(rows):
-            writer.writerow([f"user{i}@example.com", f"M{i:09d}", "ann", "smith", "oslo",
+            local = (hashlib.blake2b(str(i).encode(), digest_size=6).hexdigest()
+                     if random_emails else f"user{i}")
+            writer.writerow([f"{local}@example.com", f"M{i:09d}", "ann", "smith", "oslo",
                              f"{i % 1000}.5"])
 
 
@@ -82,7 +89,7 @@ async def main(args: argparse.Namespace) -> None:
     os.environ.setdefault("TESSERA_SQLITE_SYNCHRONOUS", "NORMAL")
     with tempfile.TemporaryDirectory(prefix="tessera-import-") as tmp:
         file = Path(tmp) / "rows.csv"
-        generate(file, args.rows)
+        generate(file, args.rows, args.random_emails)
         runtime = Runtime(default_config(), Path(tmp) / "data")
         await runtime.start()
         try:
@@ -105,7 +112,8 @@ async def main(args: argparse.Namespace) -> None:
         finally:
             await runtime.close()
         size = file.stat().st_size
-    print(f"{args.rows:,} rows ({size / 1e6:.0f} MB CSV), mode {args.mode}"
+    print(f"{args.rows:,} rows ({size / 1e6:.0f} MB CSV"
+          f"{', random e-mail addresses' if args.random_emails else ''}), mode {args.mode}"
           f"{' + log' if args.log and args.mode == 'direct' else ''}, {path} path, "
           f"batch {args.batch_size}, load average {load_before[0]:.1f} before and "
           f"{os.getloadavg()[0]:.1f} after (1 min) on {os.cpu_count()} CPUs")
@@ -127,4 +135,6 @@ if __name__ == "__main__":
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--columnar", action=argparse.BooleanOptionalAction, default=True,
                         help="the columnar path where it applies (direct, no log, CSV)")
+    parser.add_argument("--random-emails", action="store_true",
+                        help="e-mail addresses in no order (as in real files)")
     asyncio.run(main(parser.parse_args()))
