@@ -300,6 +300,29 @@ async def test_a_closed_worker_hands_its_partitions_over(nats_url: str, tmp_path
         assert rest == [f"payload-{i}".encode() for i in range(1, 6)]
 
 
+async def test_a_worker_that_joins_gets_partitions_long_before_a_lease_renewal(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """The first worker took every partition; it hands some back as soon as it sees the
+    second one, not at its next renewal (a third of lease_ttl, 20 s here)."""
+    topic, group = unique("topic"), unique("group")
+    async with started(make(nats_url, tmp_path, lease_ttl=60.0)) as a, started(
+        make(nats_url, tmp_path, lease_ttl=60.0)
+    ) as b:
+        await bus_publish(a, topic, [Message(f"id-{i}", f"user{i}", b"x") for i in range(200)])
+        first = await a.fetch(topic, group, 10, 5.0)
+        await a.ack(first)
+        assert len(a.owned_partitions(topic, group)) == 16
+        got: list[Delivery] = []
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            got = await b.fetch(topic, group, 10, 0.2)
+            await b.ack(got)
+            await a.ack(await a.fetch(topic, group, 10, 0.05))
+        assert got, "the second worker got nothing within 10 s"
+        assert b.owned_partitions(topic, group)
+
+
 async def test_dead_letter_headers_and_single_replay(nats_url: str, tmp_path: Path) -> None:
     async with started(make(nats_url, tmp_path)) as bus:
         topic, group = "odd topic.é", "odd group*"

@@ -49,7 +49,9 @@ members)`` (the replay queue counts as one more partition), so adding a worker
 spreads the partitions; a member above its share hands back partitions only
 when they are idle (nothing delivered and not yet acknowledged, no pull request
 outstanding), so a partition changes hands only between two messages. Every
-instance of a deployment must use the same ``partitions``.
+instance looks at the members every ``rebalance_every`` (0.5 s), so a worker
+that joins gets its share within a second or two. Every instance of a
+deployment must use the same ``partitions``.
 
 Within its partitions an instance keeps order itself: it does not pull from a
 partition while deliveries from it are still unacknowledged (unless older than
@@ -280,6 +282,9 @@ class NatsOptions:
     replicas: int = 1
     lease_ttl: float = 10.0
     """Seconds a partition lease outlives its last renewal (its owner's death)."""
+    rebalance_every: float = 0.5
+    """Seconds between two looks at the group's members by an instance that holds its
+    share (one small request): how soon a new worker gets partitions."""
     publish_timeout: float = 2.0
     request_timeout: float = 2.0
     connect_wait: float = 5.0
@@ -294,7 +299,8 @@ class NatsOptions:
                 raise ValueError(f"NATS bus prefix {name!r}: use letters, digits, '_' and '-'")
         if self.partitions < 1:
             raise ValueError("partitions must be at least 1")
-        for name in ("ack_wait", "lease_ttl", "publish_timeout", "request_timeout"):
+        for name in ("ack_wait", "lease_ttl", "rebalance_every", "publish_timeout",
+                     "request_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.duplicate_window <= 0:
@@ -752,6 +758,13 @@ class NatsBus(Bus):
         return [u.index for u in g.units if u.owned and not u.replay] if g else []
 
     async def _keep_leases(self, g: _Group) -> None:
+        """Renew leases every ``lease_ttl / 3``; look at the members every ``rebalance_every``.
+
+        An instance that holds its share looks again soon, not only at its next
+        renewal: a worker started a moment after another (``tessera worker
+        --concurrency 2``) found every partition taken and waited a third of
+        ``lease_ttl`` before the first one noticed it and handed any back.
+        """
         while True:
             period = self._lease_ttl / 3
             settled = False
@@ -762,7 +775,7 @@ class NatsBus(Bus):
                 raise
             except Exception as exc:
                 log.warning("nats.leases_failed", topic=g.topic, group=g.group, error=f"{exc!r}")
-            await asyncio.sleep(period if settled else min(period, 0.5))
+            await asyncio.sleep(min(period, self.options.rebalance_every if settled else 0.5))
 
     async def _rebalance(self, g: _Group) -> bool:
         """Renew our leases, hand back what exceeds our share, claim what is missing.
