@@ -83,6 +83,17 @@ def sender(url: str, **extra: Any) -> WebhookSender:
                                                             **extra}))
 
 
+async def failure(url: str) -> DeliveryFailed:
+    """The error one attempt to send a message to ``url`` fails with."""
+    s = sender(url)
+    try:
+        with pytest.raises(DeliveryFailed) as failed:
+            await s.send(message())
+    finally:
+        await s.close()
+    return failed.value
+
+
 async def test_a_signed_post_with_the_configured_headers(server: Server) -> None:
     secret = new_secret()
     s = sender(server.url(), secret=secret, headers={"x-tenant": "acme"})
@@ -112,38 +123,23 @@ async def test_connections_are_kept_alive_and_reused(server: Server) -> None:
 
 async def test_a_redirect_is_a_failed_attempt_not_followed(server: Server) -> None:
     server.answer = Answer(302, {"location": server.url("/elsewhere")})
-    s = sender(server.url())
-    try:
-        with pytest.raises(DeliveryFailed) as failed:
-            await s.send(message())
-    finally:
-        await s.close()
+    failed = await failure(server.url())
     assert [r[0] for r in server.requests] == ["/hook"]
-    assert failed.value.retryable and failed.value.error.startswith("HTTP 302")
+    assert failed.retryable and failed.error.startswith("HTTP 302")
 
 
 async def test_retry_after_and_the_error_body_are_kept(server: Server) -> None:
     server.answer = Answer(429, {"retry-after": "7"}, b"slow down\nplease" + b"x" * 5000)
-    s = sender(server.url())
-    try:
-        with pytest.raises(DeliveryFailed) as failed:
-            await s.send(message())
-    finally:
-        await s.close()
-    assert failed.value.retryable and failed.value.retry_after == 7.0
-    assert failed.value.error.startswith("HTTP 429: slow down please")
-    assert len(failed.value.error) <= len("HTTP 429: ") + 200
+    failed = await failure(server.url())
+    assert failed.retryable and failed.retry_after == 7.0
+    assert failed.error.startswith("HTTP 429: slow down please")
+    assert len(failed.error) <= len("HTTP 429: ") + 200
 
 
 async def test_a_4xx_is_not_retryable(server: Server) -> None:
     server.answer = Answer(400, body=b"bad event")
-    s = sender(server.url())
-    try:
-        with pytest.raises(DeliveryFailed) as failed:
-            await s.send(message())
-    finally:
-        await s.close()
-    assert not failed.value.retryable and failed.value.error == "HTTP 400: bad event"
+    failed = await failure(server.url())
+    assert not failed.retryable and failed.error == "HTTP 400: bad event"
 
 
 def closed_port() -> int:
@@ -153,13 +149,8 @@ def closed_port() -> int:
 
 
 async def test_a_refused_connection_names_its_cause() -> None:
-    s = sender(f"http://127.0.0.1:{closed_port()}/hook")
-    try:
-        with pytest.raises(DeliveryFailed) as failed:
-            await s.send(message())
-    finally:
-        await s.close()
-    assert failed.value.retryable and "refused" in failed.value.error.lower()
+    failed = await failure(f"http://127.0.0.1:{closed_port()}/hook")
+    assert failed.retryable and "refused" in failed.error.lower()
 
 
 async def test_proxies_from_the_environment_are_not_used(
