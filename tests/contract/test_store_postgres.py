@@ -22,7 +22,7 @@ from psycopg import sql
 from tessera.config import default_config
 from tessera.events.envelope import Event
 from tessera.processing.profiles import ProfileProcessor
-from tessera.store.base import Conflict, Identifier, Store
+from tessera.store.base import Conflict, Identifier, Store, TimelineEntry
 from tessera.store.postgres import (
     MIGRATIONS,
     Migration,
@@ -161,6 +161,26 @@ class TestPostgresStore(ChangeFeedContract):
         assert pg.counts() == {"profiles": 1, "identities": 1, "events_applied": 0, "merges": 0}
         with pg.transaction() as tx:  # the pool's connections still work
             assert tx.lookup([ident]) == {ident: a}
+
+    def test_an_event_another_worker_applied_meanwhile_is_a_conflict(
+        self, pg: PostgresStore
+    ) -> None:
+        """Two workers took the same event for unapplied; the one that commits second,
+        whose batch also merges the event's profile into the first one's, gets a
+        Conflict to retry (which then skips the event), not the timeline's key error."""
+        entry = TimelineEntry("ev-dup", "com.example.t", "web", 5.0, 5.0, {"id": "ev-dup"})
+        first, second = pid(), pid()
+        with pg.transaction() as tx:
+            tx.create_profile(first, 1.0)
+            tx.append_timeline(first, [entry], 1.0)
+            tx.mark_applied(["ev-dup"], 1.0)
+        with pytest.raises(Conflict), pg.transaction() as tx:
+            tx.create_profile(second, 2.0)
+            tx.append_timeline(second, [entry], 2.0)
+            tx.mark_applied(["ev-dup"], 2.0)
+            tx.merge(first, [second], "ev-other", 2.0, "deterministic")
+        assert pg.get_profile(second) is None
+        assert pg.counts()["events_applied"] == 1
 
     def test_concurrent_first_links_exactly_one_wins(self, pg: PostgresStore) -> None:
         """Many transactions link one new identifier at once (no locks): one commits."""

@@ -277,7 +277,9 @@ def _key(namespace: bytes, *parts: str) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
 
 
-_CONFLICT_TABLES = frozenset({"identities", "applied"})
+_CONFLICT_TABLES = frozenset({"identities", "applied", "timeline"})
+"""Tables whose primary key another worker's commit can take from us: an identifier
+linked, an event applied (its timeline entry moved by a merge included) meanwhile."""
 
 
 def _is_conflict(exc: BaseException) -> bool:
@@ -886,12 +888,12 @@ class PostgresTx(StoreTx):
             self._timeline = []
 
     def flush(self) -> None:
-        """Queue every pending write in the pipeline (in dependency order)."""
-        self._flush_links()
-        self._flush_counts()
-        self._flush_timeline()
-        self._flush_merges()
-        self._flush_traits()
+        """Queue every pending write in the pipeline (in dependency order).
+
+        The applied records go first: when another worker applied one of these
+        events meanwhile, its primary key fails here, a :class:`Conflict` the
+        caller retries, before the timeline or a merge trips over the same event.
+        """
         w = self._w
         if self._applied:
             w.execute(
@@ -900,6 +902,11 @@ class PostgresTx(StoreTx):
                 [Texts(self._applied), Floats(self._applied.values())],
             )
             self._applied = {}
+        self._flush_links()
+        self._flush_counts()
+        self._flush_timeline()
+        self._flush_merges()
+        self._flush_traits()
         if self._outbox:
             cols = list(zip(*self._outbox, strict=True))
             w.execute(
