@@ -39,7 +39,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -366,16 +366,22 @@ class _TextsDumper(Dumper):
         return _array(25, [None if v is None else v.encode() for v in obj])
 
 
+def _fixed_width(oid: int, pack: Callable[[int, Any], bytes], code: str,
+                 obj: list[Any]) -> bytes:
+    """A binary array of 8-byte numbers: length and value packed in one call per element."""
+    if None in obj:
+        return _array(oid, [None if v is None else struct.pack(code, v) for v in obj])
+    if not obj:
+        return _array(oid, [])
+    return _ARRAY_HEAD(1, 0, oid, len(obj), 1) + b"".join([pack(8, v) for v in obj])
+
+
 class _FloatsDumper(Dumper):
     format = pq.Format.BINARY
     oid = 1022  # float8[]
 
     def dump(self, obj: Any) -> bytes:
-        if None in obj:
-            return _array(701, [None if v is None else struct.pack(">d", v) for v in obj])
-        if not obj:
-            return _array(701, [])
-        return _ARRAY_HEAD(1, 0, 701, len(obj), 1) + b"".join([_D8(8, v) for v in obj])
+        return _fixed_width(701, _D8, ">d", obj)
 
 
 class _BigintsDumper(Dumper):
@@ -383,11 +389,7 @@ class _BigintsDumper(Dumper):
     oid = 1016  # int8[]
 
     def dump(self, obj: Any) -> bytes:
-        if None in obj:
-            return _array(20, [None if v is None else struct.pack(">q", v) for v in obj])
-        if not obj:
-            return _array(20, [])
-        return _ARRAY_HEAD(1, 0, 20, len(obj), 1) + b"".join([_Q8(8, v) for v in obj])
+        return _fixed_width(20, _Q8, ">q", obj)
 
 
 class _BlobsDumper(Dumper):
