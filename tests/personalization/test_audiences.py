@@ -144,7 +144,7 @@ async def test_the_running_processor_picks_up_a_saved_audience_without_a_restart
     try:
         one = api.runtime.store.resolve("member_number:M-1")
 
-        async def wait_for(check: Any, what: str, timeout: float = 5.0) -> float:
+        async def wait_for(check: Any, what: str, timeout: float = 15.0) -> float:
             started = time.monotonic()
             while not await check():
                 assert time.monotonic() - started < timeout, f"timed out waiting for {what}"
