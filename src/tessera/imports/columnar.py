@@ -8,7 +8,7 @@ mapped that way, or that the reader could not take as columns, becomes a
 :class:`.readers.Record` for :meth:`ImportJob.to_event` (its event, or its reject
 reason, is then exactly the row path's).
 
-Rows that can only create a new person (:meth:`ColumnarApplier.apply`, the rule of
+Rows that can only create a new person (:meth:`ColumnarApplier.prepare`, the rule of
 :mod:`.bulk`) are written without an :class:`Event` or any object per row: their
 event uids, profile ids, CloudEvent documents, trait values and ``profile.updated``
 payloads are built as lists, and :meth:`StoreTx.create_profile_columns` writes them
@@ -84,7 +84,6 @@ class ColumnarApplier:
         """Set by the job: row uids are this and the line in 16 hex digits
         (:func:`.job.import_uid`); None: the hash of (source, import source, event id)."""
         self._iso = IsoTimes()
-        self._ids = 0
 
     # -- per-row values built in bulk -------------------------------------------------
 
@@ -105,10 +104,6 @@ class ColumnarApplier:
         return [f"{head}{i:010x}" for i in range(n)]
 
     # -- applying ---------------------------------------------------------------------
-
-    def apply(self, chunk: Chunk) -> BatchResult:
-        """:meth:`prepare` and :meth:`commit` in one go."""
-        return self.commit(self.prepare(chunk))
 
     def prepare(self, chunk: Chunk) -> Prepared:
         """Everything about the chunk that does not depend on the store: which rows can
