@@ -69,11 +69,11 @@ class BatchGraph:
         identifiers: Sequence[Identifier],
         now: float,
         survivorship: Survivorship,
-        traits_of: Iterable[Identifier] | None = None,
+        traits_of: Iterable[Identifier],
     ) -> None:
         """``traits_of``: the identifiers whose profiles' traits are read up front (the
-        profiles of the batch's events that carry traits); None for every profile found.
-        Any other profile's traits are read when first needed."""
+        profiles of the batch's events that carry traits). Any other profile's traits
+        are read when first needed."""
         self.tx = tx
         self.survivorship = survivorship
         self.now = now
@@ -92,10 +92,7 @@ class BatchGraph:
         self.owners: dict[Identifier, str] = found
         self._members: dict[str, set[Identifier]] = {}
         self._members_loaded = False
-        if traits_of is None:
-            first = set(found.values())
-        else:
-            first = {pid for i in traits_of if (pid := found.get(i)) is not None}
+        first = {pid for i in traits_of if (pid := found.get(i)) is not None}
         self.traits: dict[str, dict[str, Trait]] = tx.traits(first) if first else {}
         self.dirty: dict[str, set[str]] = {}
         self.timeline: dict[str, list[TimelineEntry]] = {}
@@ -216,7 +213,7 @@ class ProfileProcessor:
         self,
         tx: StoreTx,
         events: Sequence[Event],
-        ready: dict[int, tuple[dict[str, Any], dict[str, Any]]] | None = None,
+        ready: dict[int, tuple[dict[str, Any], dict[str, Any]]],
     ) -> BatchResult:
         result = BatchResult()
         now = time.time()
@@ -228,7 +225,6 @@ class ProfileProcessor:
         result.duplicates = len(events) - len(fresh)
         if self.screen is not None:  # erased identifiers (tessera.privacy.suppression)
             fresh = self.screen(fresh)
-        ready = ready or {}
         work: list[tuple[Event, dict[str, Any], dict[str, Any]]] = []
         identifiers: list[Identifier] = []
         traits_of: list[Identifier] = []
