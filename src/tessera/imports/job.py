@@ -26,7 +26,7 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import repeat
@@ -519,23 +519,18 @@ class ImportJob:
             break
         return self.columnar.prepare(chunk), rejected, end
 
-    def _check_header(self, header: list[str]) -> None:
-        missing = sorted(c for c in self.mapping.columns() if c not in set(header))
-        if missing:
-            raise ImportError_(
-                f"{self.path.name}: the mapping names columns the file does not have: "
-                f"{', '.join(missing)}")
-
     def _check_columns(self, first: Record | None) -> None:
         """Fail fast when a mapped column is missing from a CSV header or Parquet schema."""
         if self.format == "parquet":
             import pyarrow.parquet as pq
 
-            names = set(pq.ParquetFile(self.path).schema_arrow.names)
+            self._check_header(pq.ParquetFile(self.path).schema_arrow.names)
         elif self.format == "csv" and first is not None and first.row is not None:
-            names = set(first.row)
-        else:
-            return
+            self._check_header(first.row)
+
+    def _check_header(self, header: Iterable[str]) -> None:
+        """Fail when a column the mapping names is not among ``header``."""
+        names = set(header)
         missing = sorted(c for c in self.mapping.columns() if c not in names)
         if missing:
             raise ImportError_(
@@ -574,6 +569,7 @@ class ImportJob:
             if self.columnar is not None:
                 delimiter = "\t" if self.path.suffix.lower() == ".tsv" else ","
                 header, _ = await asyncio.to_thread(csv_header, self.path, delimiter)
+                self._check_header(header)
                 records: Any = read_csv_blocks(
                     self.path, start, self.batch_size,
                     sorted(c for c in self.mapping.columns() if c in header), delimiter)
@@ -581,7 +577,7 @@ class ImportJob:
                 records = read(self.path, self.format, start)
         except ReaderError as exc:
             raise ImportError_(str(exc)) from None
-        checked = False
+        checked = self.columnar is not None  # the header is checked above
         # every write of this import from one thread: the store's connection is per
         # thread and SQLite drops a connection's page cache whenever another connection
         # wrote, so writes taking turns on the default executor's threads would each
@@ -592,9 +588,6 @@ class ImportJob:
         rejects = open(self.rejects_path, "ab")  # noqa: SIM115 - closed below
         try:
             for _ in range(total + 2):  # each round consumes at least one record
-                if not checked and self.columnar is not None:
-                    self._check_header(header)
-                    checked = True
                 try:
                     if self.columnar is not None:
                         if ahead is None:
@@ -697,9 +690,5 @@ class ImportJob:
                 summary.duplicates += len(batch) - new
                 return
         apply = self.bulk.apply if self.bulk is not None else self.processor.apply
-        result = await self._write(apply, batch)
-        summary.imported += result.applied
-        summary.duplicates += result.duplicates
-        summary.profiles_created += result.profiles_created
-        summary.merges += result.merges
+        self._count(summary, await self._write(apply, batch))
         # the derived events wait in the store's outbox; the worker relays them
