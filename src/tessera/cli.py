@@ -240,24 +240,19 @@ def serve(
     # which unwinds through `finally` so that the worker is stopped too
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        if api_processes > 1:
+        target: Any
+        spread: dict[str, Any] = {}
+        if api_processes == 1:
+            target = create_app(runtime)
+        else:
             # each process builds its own app and runtime from these (uvicorn spawns them)
             os.environ[served.CONFIG_ENV] = str(config) if config is not None else ""
             os.environ[served.DATA_DIR_ENV] = str(data)
             os.environ[served.LOG_LEVEL_ENV] = log_level
-            uvicorn.run(f"{served.__name__}:app", factory=True, workers=api_processes,
-                        host=host, port=port, log_level=log_level, access_log=False,
-                        loop="auto", http="auto")
-        else:
-            uvicorn.run(
-                create_app(runtime),
-                host=host,
-                port=port,
-                log_level=log_level,
-                access_log=False,
-                loop="auto",
-                http="auto",
-            )
+            target = f"{served.__name__}:app"
+            spread = {"factory": True, "workers": api_processes}
+        uvicorn.run(target, host=host, port=port, log_level=log_level, access_log=False,
+                    loop="auto", http="auto", **spread)
     finally:
         for one in supervisors:
             one.stop()
