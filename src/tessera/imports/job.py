@@ -567,12 +567,11 @@ class ImportJob:
         total = await asyncio.to_thread(self.total)
         try:
             if self.columnar is not None:
-                delimiter = "\t" if self.path.suffix.lower() == ".tsv" else ","
-                header, _ = await asyncio.to_thread(csv_header, self.path, delimiter)
+                header, _ = await asyncio.to_thread(csv_header, self.path)
                 self._check_header(header)
                 records: Any = read_csv_blocks(
                     self.path, start, self.batch_size,
-                    sorted(c for c in self.mapping.columns() if c in header), delimiter)
+                    sorted(c for c in self.mapping.columns() if c in header))
             else:
                 records = read(self.path, self.format, start)
         except ReaderError as exc:

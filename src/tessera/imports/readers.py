@@ -64,12 +64,16 @@ def detect_format(path: Path, explicit: str | None = None) -> Format:
     return found
 
 
+def csv_delimiter(path: Path) -> str:
+    """Tab for a ``.tsv`` file, else comma."""
+    return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
 def read(path: Path, fmt: Format, start: Position | None = None,
          delimiter: str | None = None) -> Iterator[tuple[Record, Position]]:
     start = start or Position()
     if fmt == "csv":
-        delim = delimiter or ("\t" if path.suffix.lower() == ".tsv" else ",")
-        return _read_csv(path, start, delim)
+        return _read_csv(path, start, delimiter or csv_delimiter(path))
     if fmt == "jsonl":
         return _read_jsonl(path, start)
     return _read_parquet(path, start)
@@ -224,8 +228,9 @@ class Block:
     records: list[Record] | None = None
 
 
-def csv_header(path: Path, delimiter: str) -> tuple[list[str], Position]:
+def csv_header(path: Path, delimiter: str | None = None) -> tuple[list[str], Position]:
     """The header as :func:`read` sees it, and the position after it."""
+    delimiter = delimiter or csv_delimiter(path)
     for _ in read(path, "csv", Position(), delimiter):
         break
     with open(path, "rb") as fh:  # the header's own end: parse it again, counting bytes
@@ -256,7 +261,7 @@ def read_csv_blocks(path: Path, start: Position, rows: int, columns: list[str],
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    delim = delimiter or ("\t" if path.suffix.lower() == ".tsv" else ",")
+    delim = delimiter or csv_delimiter(path)
     header, after = csv_header(path, delim)
     width = len(header)
     offset, line = (start.offset, start.line) if start.offset > after.offset else (
