@@ -69,8 +69,6 @@ class Cause:
     received_at: float | None = None
 
 
-
-
 @dataclass(slots=True)
 class Outcome:
     applied: int = 0
