@@ -100,7 +100,6 @@ class Receiver:
         self.arrivals: dict[str, float] = {}
         self.requests = 0
         self.port = free_port()
-        self.should_exit = False
         self._pipe: Any = None
         self._process: multiprocessing.Process | None = None
 
@@ -279,7 +278,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="tessera-webhook-bench-"))
     keep = args.keep
     receiver = Receiver()
-    server = receiver.start()
+    receiver.start()
     spy: Spy | None = None
     try:
         cfg = config_file(work, receiver, args.shape, args.with_personalization)
@@ -310,7 +309,7 @@ def main() -> int:
             if spy is not None:
                 spy.stop()
     finally:
-        server.stop()
+        receiver.stop()
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
