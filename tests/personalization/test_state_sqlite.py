@@ -51,7 +51,6 @@ class TestSQLiteState(StateContract):
             assert holding.wait(10)
             with reader.reading() as tx:
                 seen = tx.memberships(["p1"])
-            done.set()
         finally:
             done.set()
             thread.join()
