@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from tessera.imports.job import ImportError_, ImportJob
 from tessera.imports.readers import Position, read, read_csv_blocks
 from tessera.processing.profiles import ProfileProcessor
 from tessera.runtime import Runtime
-from tests.imports.test_import import job, rejects, traits, write_csv
+from tests.imports.test_import import job, numbered, rejects, stop_after, traits, write_csv
 
 
 def columnar_job(runtime: Runtime, path: Path, **kw: Any) -> ImportJob:
@@ -65,8 +64,7 @@ def test_blocks_read_what_the_row_reader_reads(tmp_path: Path, rows: int) -> Non
 
 
 def test_plain_blocks_are_columns(tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "plain.csv", [[f"u{i}@x.io", f"M{i}", "n", str(i)]
-                                             for i in range(10)])
+    path = write_csv(tmp_path / "plain.csv", numbered(10))
     blocks = list(read_csv_blocks(path, Position(), 4, ["Email", "LTV"]))
     assert [(b.first_line, b.rows, b.columns is not None) for b in blocks] == [
         (2, 4, True), (6, 4, True), (10, 2, True)]
@@ -112,18 +110,12 @@ async def test_documents_and_payloads_are_the_row_paths_json(
 
 async def test_rejects_resume_and_a_lost_checkpoint_on_the_columnar_path(
         runtime: Runtime, tmp_path: Path) -> None:
-    rows = [[f"u{i}@example.com", f"M{i}", "n", str(i)] for i in range(100)]
+    rows = numbered(100, "example.com")
     rows[5][0], rows[5][1] = "", ""          # no identifier (line 7)
     rows[40][3] = "lots"                     # not a number (line 42)
     rows[60][0], rows[60][1] = "", ""        # after the interruption (line 62)
     path = write_csv(tmp_path / "big.csv", rows)
-    stop = asyncio.Event()
-    calls: list[int] = []
-
-    def progress(done: int, total: int) -> None:
-        calls.append(done)
-        if len(calls) == 3:
-            stop.set()   # as Ctrl-C would, after the third chunk committed
+    stop, progress = stop_after(3)           # after the third chunk committed
 
     first = await columnar_job(runtime, path, batch_size=10).run(progress=progress, stop=stop)
     assert not first.done and first.rows == 30 and first.imported == 29
@@ -246,8 +238,7 @@ async def test_every_write_of_an_import_is_made_on_one_thread(
         runtime: Runtime, tmp_path: Path, columnar: bool) -> None:
     """The SQLite store's connection is per thread, and its page cache is dropped whenever
     another connection wrote: all of an import's chunks go through one writing thread."""
-    path = write_csv(tmp_path / "t.csv", [[f"u{i}@x.io", f"M{i}", "n", str(i)]
-                                          for i in range(50)])
+    path = write_csv(tmp_path / "t.csv", numbered(50))
     made = job(runtime, path, log_events=False, columnar=columnar, batch_size=5)
     threads: list[str] = []
     if made.columnar is not None:

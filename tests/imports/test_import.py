@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tessera.imports.job import ImportError_, ImportJob
+from tessera.imports.job import ImportError_, ImportJob, Progress
 from tessera.imports.mapping import MappingError, parse_mapping
 from tessera.imports.readers import Position, read
 from tessera.runtime import Runtime
@@ -31,6 +31,26 @@ def write_csv(path: Path, rows: list[list[Any]],
         writer.writerow(header)
         writer.writerows(rows)
     return path
+
+
+def numbered(n: int, domain: str = "x.io") -> list[list[str]]:
+    """``n`` rows of :func:`write_csv`'s four columns: ``u<i>@<domain>``, ``M<i>``, ``n``,
+    ``<i>``."""
+    return [[f"u{i}@{domain}", f"M{i}", "n", str(i)] for i in range(n)]
+
+
+def stop_after(batches: int) -> tuple[asyncio.Event, Progress]:
+    """A stop event and a progress callback that sets it, as Ctrl-C would, once
+    ``batches`` batches have committed."""
+    stop = asyncio.Event()
+    calls: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        calls.append(done)
+        if len(calls) == batches:
+            stop.set()
+
+    return stop, progress
 
 
 def job(runtime: Runtime, path: Path, mapping: dict[str, Any] | None = None,
@@ -171,17 +191,11 @@ def test_csv_reader_resumes_at_a_byte_offset_with_quoted_newlines(tmp_path: Path
 
 async def test_an_interrupted_import_resumes_after_the_last_committed_batch(
         runtime: Runtime, tmp_path: Path) -> None:
-    rows = [[f"u{i}@example.com", f"M{i}", "n", str(i)] for i in range(100)]
+    rows = numbered(100, "example.com")
     rows[5][0], rows[5][1] = "", ""      # one reject in the first batch
     rows[60][0], rows[60][1] = "", ""    # one after the interruption
     path = write_csv(tmp_path / "big.csv", rows)
-    stop = asyncio.Event()
-    calls = []
-
-    def progress(done: int, total: int) -> None:
-        calls.append(done)
-        if len(calls) == 3:
-            stop.set()   # as Ctrl-C would, after the third batch committed
+    stop, progress = stop_after(3)
 
     first = await job(runtime, path, batch_size=10).run(progress=progress, stop=stop)
     assert not first.done and first.rows == 30 and first.imported == 29

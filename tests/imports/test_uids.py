@@ -14,7 +14,7 @@ from tessera.events.envelope import event_uid
 from tessera.identity.resolver import new_profile_id
 from tessera.imports.job import IMPORT_SOURCE, ImportJob, import_uid, import_uid_prefix
 from tessera.runtime import Runtime
-from tests.imports.test_import import job, write_csv
+from tests.imports.test_import import job, numbered, write_csv
 
 
 def uid_of_line(runtime: Runtime, email: str) -> str:
@@ -27,8 +27,7 @@ def uid_of_line(runtime: Runtime, email: str) -> str:
 @pytest.mark.parametrize("columnar", [False, True], ids=["bulk", "columnar"])
 async def test_row_uids_rise_with_the_line(runtime: Runtime, tmp_path: Path,
                                            columnar: bool) -> None:
-    path = write_csv(tmp_path / "u.csv", [[f"u{i}@x.io", f"M{i}", "n", str(i)]
-                                          for i in range(300)])
+    path = write_csv(tmp_path / "u.csv", numbered(300))
     made = job(runtime, path, log_events=False, columnar=columnar, batch_size=64)
     assert (made.columnar is not None) == columnar
     summary = await made.run()
@@ -50,8 +49,7 @@ def as_earlier_version(made: ImportJob) -> ImportJob:
 
 async def test_a_restarted_import_of_an_earlier_version_finds_its_rows(
         runtime: Runtime, tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "old.csv", [[f"u{i}@x.io", f"M{i}", "n", str(i)]
-                                            for i in range(25)])
+    path = write_csv(tmp_path / "old.csv", numbered(25))
     first = await as_earlier_version(job(runtime, path, log_events=False)).run()
     assert first.imported == 25 and first.uids == "hashed"
     assert uid_of_line(runtime, "u0@x.io") == event_uid("crm", IMPORT_SOURCE,
@@ -67,8 +65,7 @@ async def test_a_checkpoint_of_an_earlier_version_resumes_with_its_uids(
         runtime: Runtime, tmp_path: Path, columnar: bool) -> None:
     """Interrupted by a crash after its second batch committed but before that batch's
     checkpoint was written; resumed by this version from the first batch's checkpoint."""
-    path = write_csv(tmp_path / "old.csv", [[f"u{i}@x.io", f"M{i}", "n", str(i)]
-                                            for i in range(40)])
+    path = write_csv(tmp_path / "old.csv", numbered(40))
     stop = asyncio.Event()
     old = as_earlier_version(job(runtime, path, log_events=False, columnar=columnar,
                                  batch_size=10))
