@@ -660,8 +660,6 @@ class PostgresTx(StoreTx):
                 records.append([into, pid, event_uid, at, reason])
         at = max(m[3] for m in self._merges)
         self._merges = []
-        if not final:
-            return
         for record in records:
             record[0] = final.get(record[0], record[0])
         # ``x = ANY(gone)`` beside the join lets the planner use the indexes, where
