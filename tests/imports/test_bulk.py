@@ -115,17 +115,17 @@ async def imported(tmp_path: Path, name: str, url: str | None, file: Path, bulk:
     await rt.start()
     try:
         rt.processor.apply(BEFORE)
-        job = ImportJob(path=file, source="crm", mapping=parse_mapping(MAPPING),
-                        store=rt.store, processor=rt.processor, extractor=rt.extractor,
-                        bus=rt.bus, work_dir=rt.data_dir / "imports", batch_size=4,
-                        log_events=False, bulk=bulk, columnar=columnar)
+
+        def new_job(restart: bool) -> ImportJob:
+            return ImportJob(path=file, source="crm", mapping=parse_mapping(MAPPING),
+                             store=rt.store, processor=rt.processor, extractor=rt.extractor,
+                             bus=rt.bus, work_dir=rt.data_dir / "imports", batch_size=4,
+                             log_events=False, bulk=bulk, columnar=columnar, restart=restart)
+
+        job = new_job(restart=False)
         assert (job.columnar is not None) == columnar
         first = await job.run()
-        again = await ImportJob(path=file, source="crm", mapping=parse_mapping(MAPPING),
-                                store=rt.store, processor=rt.processor, extractor=rt.extractor,
-                                bus=rt.bus, work_dir=rt.data_dir / "imports", batch_size=4,
-                                log_events=False, bulk=bulk, columnar=columnar,
-                                restart=True).run()
+        again = await new_job(restart=True).run()
         made = (job.columnar.created if job.columnar is not None
                 else job.bulk.created if job.bulk is not None else 0)
         summaries = [(s.rows, s.imported, s.duplicates, s.rejected, s.profiles_created, s.merges)
