@@ -161,16 +161,15 @@ class ReviewStore:
                 rows)
             self._conn.execute("COMMIT")
 
-    def identifiers(self, a: str, b: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-        """What each side of a pair held when it was merged (empty if unknown)."""
-        a, b = ordered(a, b)
+    def held(self, profile_id: str, other: str) -> list[tuple[str, str]]:
+        """The identifiers ``profile_id`` held when it and ``other`` were merged (empty if
+        unknown)."""
+        a, b = ordered(profile_id, other)
+        column = "a_identifiers" if a == profile_id else "b_identifiers"
         with self._lock:
-            row = self._conn.execute("SELECT a_identifiers, b_identifiers FROM pairs "
-                                     "WHERE a=? AND b=?", (a, b)).fetchone()
-        if row is None:
-            return [], []
-        return ([tuple(x) for x in orjson.loads(row[0] or b"[]")],
-                [tuple(x) for x in orjson.loads(row[1] or b"[]")])
+            row = self._conn.execute(f"SELECT {column} FROM pairs WHERE a=? AND b=?",
+                                     (a, b)).fetchone()
+        return [] if row is None else [tuple(x) for x in orjson.loads(row[0] or b"[]")]
 
     def merged_into_others(self, profile_id: str) -> list[tuple[str, list[tuple[str, str]]]]:
         """For each merged pair naming this profile: the other side, and the identifiers this

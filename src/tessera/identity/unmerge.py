@@ -121,8 +121,7 @@ class Unmerger:
         B later into ``pid``) the store names ``pid`` while the review store knows
         (B, other); and if B was split off first, B holds ``other``'s identifiers
         again. So the profile to split from is the one holding them now."""
-        low, high = self.review.identifiers(pid, other)  # in the pair's sorted order
-        side = set(high if other > pid else low)
+        side = set(self.review.held(other, pid))
         if side:
             return pid, pid, side
         for partner, held in self.review.merged_into_others(other):
