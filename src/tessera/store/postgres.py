@@ -366,13 +366,13 @@ class _TextsDumper(Dumper):
         return _array(25, [None if v is None else v.encode() for v in obj])
 
 
-def _fixed_width(oid: int, pack: Callable[[int, Any], bytes], code: str,
-                 obj: list[Any]) -> bytes:
+def _fixed_width(oid: int, pack: Callable[[int, Any], bytes], obj: list[Any]) -> bytes:
     """A binary array of 8-byte numbers: length and value packed in one call per element."""
-    if None in obj:
-        return _array(oid, [None if v is None else struct.pack(code, v) for v in obj])
     if not obj:
         return _array(oid, [])
+    if None in obj:
+        body = b"".join([_NULL if v is None else pack(8, v) for v in obj])
+        return _ARRAY_HEAD(1, 1, oid, len(obj), 1) + body
     return _ARRAY_HEAD(1, 0, oid, len(obj), 1) + b"".join([pack(8, v) for v in obj])
 
 
@@ -381,7 +381,7 @@ class _FloatsDumper(Dumper):
     oid = 1022  # float8[]
 
     def dump(self, obj: Any) -> bytes:
-        return _fixed_width(701, _D8, ">d", obj)
+        return _fixed_width(701, _D8, obj)
 
 
 class _BigintsDumper(Dumper):
@@ -389,7 +389,7 @@ class _BigintsDumper(Dumper):
     oid = 1016  # int8[]
 
     def dump(self, obj: Any) -> bytes:
-        return _fixed_width(20, _Q8, ">q", obj)
+        return _fixed_width(20, _Q8, obj)
 
 
 class _BlobsDumper(Dumper):
