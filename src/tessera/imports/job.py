@@ -306,7 +306,12 @@ class ImportJob:
             if own is None or str(own).strip() == "":
                 return f"{mapping.id_column}: no record id"
             event_id = str(own).strip()
-        data["identifiers"] = {t: v for t, v in idents}
+        data["identifiers"] = dict(idents)
+        return self._event(event_id, type_name, when, now, data, idents,
+                           "" if mapping.id_column else self._uid(record.line))
+
+    def _event(self, event_id: str, type_name: str, when: float, now: float,
+               data: dict[str, Any], idents: list[Identifier], uid: str) -> Event:
         return Event(
             id=event_id,
             source=IMPORT_SOURCE,
@@ -317,7 +322,7 @@ class ImportJob:
             data=data,
             identifiers=self.extractor.sort(idents),
             datacontenttype="application/json",
-            uid="" if mapping.id_column else self._uid(record.line),
+            uid=uid,
         )
 
     def _uid(self, line: int) -> str:
@@ -345,18 +350,9 @@ class ImportJob:
     def _profile_event(self, line: int, idents: list[Identifier], traits: dict[str, Any],
                        when: float, now: float) -> Event:
         """The event :meth:`to_event` makes of a ``kind: profiles`` row (no ``id_column``)."""
-        return Event(
-            id=f"{self.import_id}:{line}",
-            source=IMPORT_SOURCE,
-            type=PROFILE_EVENT_TYPE,
-            time=when,
-            received_at=now,
-            source_name=self.source,
-            data={"traits": traits, "identifiers": {t: v for t, v in idents}},
-            identifiers=self.extractor.sort(idents),
-            datacontenttype="application/json",
-            uid=self._uid(line),
-        )
+        return self._event(f"{self.import_id}:{line}", PROFILE_EVENT_TYPE, when, now,
+                           {"traits": traits, "identifiers": dict(idents)}, idents,
+                           self._uid(line))
 
     def _map_block(self, block: Block, chunk: Chunk, event_time: float,
                    rejected: list[tuple[int, str, Any]]) -> None:
