@@ -108,7 +108,7 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def server_pids() -> dict[str, list[int]]:
+def service_pids() -> dict[str, list[int]]:
     """PostgreSQL's and NATS's processes on this machine, by command name."""
     out: dict[str, list[int]] = {"postgres": [], "nats": []}
     for entry in Path("/proc").iterdir():
@@ -149,7 +149,7 @@ def timed_run(data: Path, events: int, progress: Any, timeout: float,
             now = time.perf_counter()
             if first is None and done > 0:
                 first = (now, done)
-                pids = {"workers": worker.pids(), **server_pids()}
+                pids = {"workers": worker.pids(), **service_pids()}
                 cpu_first = cpu_now(pids)
             if done >= events:
                 break
