@@ -149,6 +149,22 @@ async def test_missing_columns_stop_the_columnar_import_before_anything_is_appli
     assert runtime.store.counts()["events_applied"] == 0
 
 
+@pytest.mark.parametrize("columnar", [False, True], ids=["bulk", "columnar"])
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"", "empty file, no header row"),
+    (b"Email,LTV, Email\na@x.io,1,b@x.io\n", "the header names a column twice")])
+async def test_a_bad_header_stops_either_path_with_the_row_readers_reason(
+        runtime: Runtime, tmp_path: Path, columnar: bool, content: bytes, reason: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    made = job(runtime, path, log_events=False, columnar=columnar,
+               mapping={"identifiers": {"email": "Email"}})
+    assert (made.columnar is not None) == columnar
+    with pytest.raises(ImportError_, match=reason):
+        await made.run()
+    assert runtime.store.counts()["events_applied"] == 0
+
+
 async def test_the_columnar_path_is_used_only_where_it_gives_the_same_result(
         runtime: Runtime, tmp_path: Path) -> None:
     path = write_csv(tmp_path / "x.csv", [["a@x.io", "M1", "n", "1"]])

@@ -88,26 +88,36 @@ def _counted_lines(fh: IO[bytes], state: list[int]) -> Iterator[str]:
         yield raw.decode("utf-8", "replace")
 
 
-def _read_csv(path: Path, start: Position, delimiter: str) -> Iterator[tuple[Record, Position]]:
+def _open(path: Path) -> IO[bytes]:
     try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed in the finally below
+        return open(path, "rb")
     except OSError as exc:
         raise ReaderError(f"{path}: cannot open: {exc.strerror}") from None
+
+
+def _header(reader: Iterator[list[str]], path: Path) -> list[str]:
+    """The CSV header's column names (no byte order mark, no surrounding spaces)."""
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise ReaderError(f"{path.name}: empty file, no header row") from None
+    except csv.Error as exc:
+        raise ReaderError(f"{path.name}: unreadable header: {exc}") from None
+    if header and header[0].startswith("\ufeff"):
+        header[0] = header[0][1:]
+    header = [h.strip() for h in header]
+    if len(set(header)) != len(header):
+        raise ReaderError(f"{path.name}: the header names a column twice")
+    return header
+
+
+def _read_csv(path: Path, start: Position, delimiter: str) -> Iterator[tuple[Record, Position]]:
+    fh = _open(path)  # closed in the finally below
     state = [0, 0]  # bytes consumed, lines consumed
 
     try:
         reader = csv.reader(_counted_lines(fh, state), delimiter=delimiter, strict=True)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise ReaderError(f"{path.name}: empty file, no header row") from None
-        except csv.Error as exc:
-            raise ReaderError(f"{path.name}: unreadable header: {exc}") from None
-        if header and header[0].startswith("\ufeff"):
-            header[0] = header[0][1:]
-        header = [h.strip() for h in header]
-        if len(set(header)) != len(header):
-            raise ReaderError(f"{path.name}: the header names a column twice")
+        header = _header(reader, path)
         if start.offset > state[0]:
             fh.seek(start.offset)
             state[0], state[1] = start.offset, start.line
@@ -230,19 +240,12 @@ class Block:
 
 def csv_header(path: Path, delimiter: str | None = None) -> tuple[list[str], Position]:
     """The header as :func:`read` sees it, and the position after it."""
-    delimiter = delimiter or csv_delimiter(path)
-    for _ in read(path, "csv", Position(), delimiter):
-        break
-    with open(path, "rb") as fh:  # the header's own end: parse it again, counting bytes
-        state = [0, 0]
-        try:
-            header = next(csv.reader(_counted_lines(fh, state), delimiter=delimiter,
-                                     strict=True))
-        except (StopIteration, csv.Error) as exc:
-            raise ReaderError(f"{path.name}: unreadable header: {exc}") from None
-    if header and header[0].startswith("\ufeff"):
-        header[0] = header[0][1:]
-    return [h.strip() for h in header], Position(state[0], state[1])
+    state = [0, 0]  # bytes consumed, lines consumed
+    with _open(path) as fh:
+        header = _header(csv.reader(_counted_lines(fh, state),
+                                    delimiter=delimiter or csv_delimiter(path), strict=True),
+                         path)
+    return header, Position(state[0], state[1])
 
 
 def read_csv_blocks(path: Path, start: Position, rows: int, columns: list[str],
