@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tessera.activation import delivery as delivery_module
-from tessera.activation.delivery import Limiter, Profiles, SubscriptionRunner
+from tessera.activation.delivery import Item, Limiter, Profiles, SubscriptionRunner
 from tessera.activation.destinations import Outgoing, Sender
 from tessera.activation.model import SubscriptionConfig
 from tessera.bus.base import Delivery
@@ -149,25 +149,27 @@ def delivered(events: list[Event]) -> list[Delivery]:
             for i, e in enumerate(events, 1)]
 
 
+async def admitted(r: SubscriptionRunner, events: list[Event]) -> list[Item]:
+    """The items these events put in the runner's lanes (its lane tasks cancelled)."""
+    await r._admit("events", delivered(events))
+    for task in r.lane_tasks.values():
+        task.cancel()
+    return [i for lane in r.lanes.values() for i in lane]
+
+
 async def test_a_condition_does_not_leak_its_context_into_the_body() -> None:
     r = runner({"filter": {"condition": {"path": "data.n", "gt": 1}}, "shape": "fat"})
-    await r._admit("events", delivered([event(1), event(2)]))
-    [item] = [i for lane in r.lanes.values() for i in lane]
+    [item] = await admitted(r, [event(1), event(2)])
     body = item.message.body
     assert body["id"] == "e2" and body["data"]["event"] == {"n": 2}
     assert body["data"]["profile"]["id"] == "prf_p2@example.com"
     assert "uid" not in body and "profile" not in body  # the context's own keys
     assert r.stats.filtered_out == 1
-    for task in r.lane_tasks.values():
-        task.cancel()
 
 
 async def test_a_projection_sees_the_context() -> None:
     r = runner({"shape": {"fields": {"who": "profile.id", "n": "data.n", "uid": "uid"}}})
     e = event(7)
-    await r._admit("events", delivered([e]))
-    [item] = [i for lane in r.lanes.values() for i in lane]
+    [item] = await admitted(r, [e])
     assert item.message.body["data"] == {"who": "prf_p7@example.com", "n": 7, "uid": e.uid}
     assert "uid" not in item.message.body
-    for task in r.lane_tasks.values():
-        task.cancel()
