@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from tessera.events.envelope import Event, IsoTimes
+from tessera.events.envelope import Event, IsoTimes, event_uid
 from tessera.imports.bulk import count_identifiers
 from tessera.processing.profiles import DERIVED_SOURCE, DERIVED_TOPIC, BatchResult, ProfileProcessor
 from tessera.store.base import Identifier, ProfileColumns, StoreTx, in_transaction
@@ -79,7 +79,6 @@ class ColumnarApplier:
         self.event_type = event_type
         self.make_event = make_event
         self.created = 0
-        self._uid_key = f"{source}\x1f{import_source}\x1f{id_prefix}".encode()
         self.uid_prefix: str | None = None
         """Set by the job: row uids are this and the line in 16 hex digits
         (:func:`.job.import_uid`); None: the hash of (source, import source, event id)."""
@@ -93,8 +92,8 @@ class ColumnarApplier:
         if self.uid_prefix is not None:
             prefix = self.uid_prefix
             return [f"{prefix}{n:016x}" for n in lines]
-        key, blake = self._uid_key, hashlib.blake2b
-        return [blake(key + str(n).encode(), digest_size=16).hexdigest() for n in lines]
+        source, import_source, id_prefix = self.source, self.import_source, self.id_prefix
+        return [event_uid(source, import_source, f"{id_prefix}{n}") for n in lines]
 
     def profile_ids(self, n: int) -> list[str]:
         """``prf_`` and 32 hex digits, as the resolver's ids, but rising: a millisecond
