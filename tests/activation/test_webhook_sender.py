@@ -78,29 +78,27 @@ def message(n: int = 1) -> Outgoing:
     return Outgoing(f"msg_{n}", body, orjson.dumps(body), "prf_1")
 
 
-def sender(url: str, **extra: Any) -> WebhookSender:
-    return WebhookSender(WebhookDestination.model_validate({"type": "webhook", "url": url,
-                                                            **extra}))
+async def send(url: str, *messages: Outgoing, **extra: Any) -> None:
+    """Send these with one sender (``extra``: the destination's settings), then close it."""
+    s = WebhookSender(WebhookDestination.model_validate({"type": "webhook", "url": url,
+                                                         **extra}))
+    try:
+        for one in messages:
+            await s.send(one)
+    finally:
+        await s.close()
 
 
 async def failure(url: str) -> DeliveryFailed:
     """The error one attempt to send a message to ``url`` fails with."""
-    s = sender(url)
-    try:
-        with pytest.raises(DeliveryFailed) as failed:
-            await s.send(message())
-    finally:
-        await s.close()
+    with pytest.raises(DeliveryFailed) as failed:
+        await send(url, message())
     return failed.value
 
 
 async def test_a_signed_post_with_the_configured_headers(server: Server) -> None:
     secret = new_secret()
-    s = sender(server.url(), secret=secret, headers={"x-tenant": "acme"})
-    try:
-        await s.send(message())
-    finally:
-        await s.close()
+    await send(server.url(), message(), secret=secret, headers={"x-tenant": "acme"})
     [(path, headers, body, _)] = server.requests
     assert path == "/hook" and body == message().raw
     assert verify(secret, headers, body)
@@ -111,12 +109,7 @@ async def test_a_signed_post_with_the_configured_headers(server: Server) -> None
 
 
 async def test_connections_are_kept_alive_and_reused(server: Server) -> None:
-    s = sender(server.url())
-    try:
-        for n in range(20):
-            await s.send(message(n))
-    finally:
-        await s.close()
+    await send(server.url(), *(message(n) for n in range(20)))
     assert len(server.requests) == 20
     assert len({port for *_, port in server.requests}) == 1
 
@@ -161,9 +154,5 @@ async def test_proxies_from_the_environment_are_not_used(
         monkeypatch.setenv(name, dead)
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    s = sender(server.url())
-    try:
-        await s.send(message())
-    finally:
-        await s.close()
+    await send(server.url(), message())
     assert len(server.requests) == 1
