@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from tessera.events.envelope import event_uid
-from tessera.identity.resolver import new_profile_id
+from tessera.identity.resolver import new_profile_id, new_profile_ids
 from tessera.imports.job import IMPORT_SOURCE, ImportJob, import_uid, import_uid_prefix
 from tessera.runtime import Runtime
 from tests.imports.test_import import job, numbered, write_csv
@@ -96,3 +96,13 @@ def test_profile_ids_made_later_sort_later() -> None:
     assert len(set(ids)) == 1000
     assert all(first < p for p in ids)
     assert int(first[4:16], 16) <= time.time_ns() // 1_000_000
+
+
+def test_profile_ids_made_at_once_rise_and_keep_the_layout() -> None:
+    first = new_profile_id()
+    time.sleep(0.002)
+    ids = new_profile_ids(1000)
+    assert all(re.fullmatch(r"prf_[0-9a-f]{32}", p) for p in ids)
+    assert ids == sorted(ids) and len(set(ids)) == 1000
+    assert first < ids[0] and ids[0][:16] == ids[-1][:16]
+    assert new_profile_ids(0) == []

@@ -60,6 +60,13 @@ def new_profile_id() -> str:
     return f"prf_{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
+def new_profile_ids(n: int) -> list[str]:
+    """``n`` ids of :func:`new_profile_id`'s layout made at once, rising: the clock, 40
+    random bits shared by the ``n`` and a 40-bit counter in place of the 80 random bits."""
+    head = f"prf_{time.time_ns() // 1_000_000:012x}{os.urandom(5).hex()}"
+    return [f"{head}{i:010x}" for i in range(n)]
+
+
 class IdentityResolver:
     def __init__(self, config: TesseraConfig) -> None:
         idents = config.all_identifiers()

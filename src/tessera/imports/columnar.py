@@ -21,7 +21,6 @@ commit, in file order, as in :mod:`.bulk`. The store ends up with the same conte
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -33,6 +32,7 @@ from typing import Any
 import orjson
 
 from tessera.events.envelope import Event, IsoTimes, event_uid
+from tessera.identity.resolver import new_profile_ids
 from tessera.imports.bulk import count_identifiers
 from tessera.processing.profiles import DERIVED_SOURCE, DERIVED_TOPIC, BatchResult, ProfileProcessor
 from tessera.store.base import Identifier, ProfileColumns, StoreTx, in_transaction
@@ -94,13 +94,6 @@ class ColumnarApplier:
             return [f"{prefix}{n:016x}" for n in lines]
         source, import_source, id_prefix = self.source, self.import_source, self.id_prefix
         return [event_uid(source, import_source, f"{id_prefix}{n}") for n in lines]
-
-    def profile_ids(self, n: int) -> list[str]:
-        """``prf_`` and 32 hex digits, as the resolver's ids, but rising: a millisecond
-        clock, 40 random bits per chunk and a counter. New rows then go to the end of
-        every index keyed by profile id instead of to random pages."""
-        head = f"prf_{time.time_ns() // 1_000_000:012x}{int.from_bytes(os.urandom(5)):010x}"
-        return [f"{head}{i:010x}" for i in range(n)]
 
     # -- applying ---------------------------------------------------------------------
 
@@ -218,7 +211,7 @@ class ColumnarApplier:
         def q(text: str) -> str:
             return orjson.dumps(text).decode()
 
-        ids = self.profile_ids(len(candidates))
+        ids = new_profile_ids(len(candidates))  # rising: to the end of every index
         uids = [prepared.uids[i] for i in candidates]
         times = [rows.times[i] for i in candidates]
         dumps = orjson.dumps
