@@ -279,7 +279,7 @@ def rebuild(engine: Personalizer, chunk: int = 200,
                 cause = Cause(f"rebuild:{pid}:{now!r}", "rebuild")
                 for audience, since in members[pid].items():
                     outcome.exited += 1
-                    outcome.events.append(engine.segment_event("segment.exited", audience, pid,
+                    outcome.events.append(engine.segment_event(EXITED, audience, pid,
                                                                cause, now, since=since))
             tx.drop(stale)
             engine.queue(tx, outcome)
