@@ -567,7 +567,7 @@ class ImportJob:
                 self._check_header(header)
                 records: Any = read_csv_blocks(
                     self.path, start, self.batch_size,
-                    sorted(c for c in self.mapping.columns() if c in header))
+                    sorted(self.mapping.columns()))  # all in the header: checked
             else:
                 records = read(self.path, self.format, start)
         except ReaderError as exc:
