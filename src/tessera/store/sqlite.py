@@ -204,6 +204,17 @@ class _Packed:
         self.usable = False
         return "NULL"
 
+    def of_rows(self, values: Sequence[str] | Sequence[float], rows: list[int],
+                per: int) -> str:
+        """The SQL expression of ``values[rows[i]]`` (text, or numbers when ``values`` are):
+        with ``per`` (``rows`` is each index ``per`` times in order, :func:`_per_profile`)
+        ``values`` themselves taken at row ``i/per``, else a copy picked by ``rows``."""
+        picked = values if per else [values[r] for r in rows]
+        row = f"(i/{per})" if per else "i"
+        if values and not isinstance(values[0], str):
+            return self.number(picked, row=row)  # type: ignore[arg-type]
+        return self.text(picked, row=row)  # type: ignore[arg-type]
+
     def insert(self, conn: sqlite3.Connection, head: str, exprs: list[str], rows: int,
                order: str = "") -> None:
         """Rows in the given order, else in the order of the lists."""
@@ -426,13 +437,8 @@ class SQLiteTx(StoreTx):
                        [p.text(c.ids), p.const(at), p.const(at), "1"], n, ""))
         if c.link_rows:
             p = _Packed()
-            ids, uids = c.ids, c.event_uids
             m = _per_profile(c.link_rows, n)  # mostly: every profile has as many links
-            if m:
-                pid, uid = p.text(ids, row=f"(i/{m})"), p.text(uids, row=f"(i/{m})")
-            else:
-                pid = p.text([ids[r] for r in c.link_rows])
-                uid = p.text([uids[r] for r in c.link_rows])
+            pid, uid = p.of_rows(c.ids, c.link_rows, m), p.of_rows(c.event_uids, c.link_rows, m)
             tables.append((p, "INSERT INTO identities (type, value, profile_id, event_uid, "
                            "linked_at, source, reason)",
                            [f"{p.text(c.link_types)} AS t", f"{p.text(c.link_values)} AS v",
@@ -442,14 +448,8 @@ class SQLiteTx(StoreTx):
             p = _Packed()
             rows = c.trait_rows
             m = _per_profile(rows, n)
-            if m:
-                at_row = f"(i/{m})"
-                pid, uid = p.text(c.ids, row=at_row), p.text(c.event_uids, row=at_row)
-                times = p.number(c.times, row=at_row)
-            else:
-                pid = p.text([c.ids[r] for r in rows])
-                uid = p.text([c.event_uids[r] for r in rows])
-                times = p.number([c.times[r] for r in rows])
+            pid, uid = p.of_rows(c.ids, rows, m), p.of_rows(c.event_uids, rows, m)
+            times = p.of_rows(c.times, rows, m)
             tables.append((p, "INSERT OR REPLACE INTO traits (profile_id, name, value, source, "
                            "time, priority, event_uid)",
                            [pid, p.text(c.trait_names), p.text(c.trait_values, blob=True),
