@@ -136,7 +136,7 @@ class ColumnarApplier:
         chunk, uids, candidates = prepared.chunk, prepared.uids, prepared.candidates
         rows, events = chunk.rows, chunk.events
         result = BatchResult()
-        already = tx.applied([*uids, *(e.uid for e in events)])
+        already = tx.applied(uids)  # the row path's events: the processor looks them up
         keep = [k for k, i in enumerate(candidates) if uids[i] not in already]
         if keep:
             wanted = [x for k in keep for x in rows.identifiers[candidates[k]]]  # unique
