@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tessera.events.envelope import Event
 from tessera.imports.columnar import Chunk, Rows
 from tessera.imports.job import ImportError_, ImportJob
 from tessera.imports.readers import Position, read, read_csv_blocks
@@ -174,10 +175,32 @@ async def test_the_columnar_path_is_used_only_where_it_gives_the_same_result(
     assert job(runtime, path, log_events=False,
                mapping={"identifiers": {"email": "Email"}, "id_column": "MemberNo"}
                ).columnar is None
+    assert job(runtime, path, log_events=False,
+               mapping={"identifiers": {"email": "Email", "previous_id": "MemberNo"}}
+               ).columnar is None
     jsonl = tmp_path / "x.jsonl"
     jsonl.write_bytes(b'{"Email": "a@x.io"}\n')
     assert job(runtime, jsonl, log_events=False,
                mapping={"identifiers": {"email": "Email"}}).columnar is None
+
+
+@pytest.mark.parametrize("columnar", [False, True], ids=["bulk", "columnar"])
+async def test_a_previous_id_column_joins_the_person_it_stands_for(
+        runtime: Runtime, tmp_path: Path, columnar: bool) -> None:
+    """A ``previous_id`` may be a known user id: the row joins that person, as through
+    the processor, instead of making a new one."""
+    runtime.processor.apply([Event(id="e1", source="web", type="identify", time=1.0,
+                                   received_at=1.0, source_name="crm", data={},
+                                   identifiers=[("user_id", "U1")])])
+    path = write_csv(tmp_path / "p.csv", [["U1", "a@x.io", "ann"]], ("Prev", "Email", "Name"))
+    made = job(runtime, path, log_events=False, columnar=columnar,
+               mapping={"identifiers": {"previous_id": "Prev", "email": "Email"},
+                        "traits": {"first_name": "Name"}})
+    summary = await made.run()
+    assert (summary.imported, summary.profiles_created) == (1, 0)
+    known = runtime.store.resolve("user_id:U1")
+    assert known is not None and runtime.store.resolve("email:a@x.io") == known
+    assert traits(runtime, "user_id:U1") == {"first_name": "ann"}
 
 
 async def test_only_rows_that_can_only_make_a_new_person_are_candidates(

@@ -207,6 +207,8 @@ class ImportJob:
         if (columnar and bulk and mode == "direct" and not self.log_events
                 and self.format == "csv" and mapping.kind == "profiles"
                 and not mapping.id_column and len(mapping.traits) <= MAX_TRAITS_PER_EVENT
+                # an alias stands for other identifiers: never the bulk rule's new person
+                and "previous_id" not in mapping.identifiers
                 # configured trait mappings would read more traits out of these events
                 and not processor.traits._mappings_for(PROFILE_EVENT_TYPE)):
             self.columnar = ColumnarApplier(processor, source, IMPORT_SOURCE,
