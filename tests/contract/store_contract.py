@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from tessera.store.base import NewProfile, ProfileColumns, Store, TimelineEntry, Trait
+from tessera.store.outbox_pack import PackedMessages, Template, expand
 
 
 def pid() -> str:
@@ -32,6 +33,28 @@ def entry(uid: str, t: float) -> TimelineEntry:
         received_at=t,
         event={"id": uid, "type": "page"},
     )
+
+
+UPDATED = Template(
+    "derived", (0,), ("profile_id:", 1),
+    ('{"id":"', 0, ':profile.updated","type":"profile.updated","data":{"profile_id":"', 1,
+     '","changed":', 2, '},"subject":"', 1, '"}'))
+"""A ``profile.updated`` of the batch import, reduced: fields uid, profile id, changes."""
+
+
+def updates(pids: list[str], tag: str = "") -> PackedMessages:
+    """One packed ``profile.updated`` per profile (changed values with quotes, braces,
+    non-ASCII text)."""
+    return PackedMessages.build(UPDATED, [
+        f"{tag}{k:031x}\x1f{p}\x1f{{\"name\":{{\"old\":null,\"new\":\"Zoë {{{k}}}\"}}}}"
+        for k, p in enumerate(pids)])
+
+
+Message = tuple[str, str, str, bytes]
+
+
+def pending(store: Store, limit: int = 100_000) -> list[Message]:
+    return [(m.topic, m.message_id, m.key, m.payload) for m in store.pending_outbox(limit)]
 
 
 class StoreContract:
@@ -232,6 +255,67 @@ class StoreContract:
         store.delete_outbox([pending[0].id])
         assert [m.message_id for m in store.pending_outbox(10)] == ["d2"]
 
+    def _packed_between_ordinary(self, store: Store) -> list[Message]:
+        """Ordinary and packed messages, interleaved within and across transactions, in
+        the order they are expected back."""
+        first, second = updates([pid() for _ in range(2500)]), updates([pid() for _ in range(3)])
+        a1, a2, a3 = (("derived", f"a{i}", "k", b'{"a":%d}' % i) for i in range(1, 4))
+        with store.transaction() as tx:
+            tx.add_outbox([a1])
+            tx.add_outbox_packed(first)
+            tx.add_outbox([a2])
+        with store.transaction() as tx:
+            tx.add_outbox_packed(second)
+            tx.add_outbox_packed(updates([]))  # nothing at all
+            tx.add_outbox([a3])
+        return [a1, *expand(first), a2, *expand(second), a3]
+
+    def test_packed_outbox_messages_read_back_expanded_and_in_order(self, store: Store) -> None:
+        expected = self._packed_between_ordinary(store)
+        assert len(expected) == 2506 and expected[1][3].startswith(b'{"id":"')
+        assert pending(store) == expected
+
+    def test_packed_outbox_relayed_in_pages_loses_and_repeats_nothing(
+        self, store: Store
+    ) -> None:
+        """``limit`` is a wish, not a cut: a page holds at least ``limit`` messages (or all
+        that are left), is the next part of the order, and deleting its ids (a packed
+        row's id once per message, as the relay passes them) removes exactly it."""
+        expected = self._packed_between_ordinary(store)
+        for limit in (1, 2, 999, 1000, 1001, 3000):
+            relayed: list[Message] = []
+            while page := store.pending_outbox(limit):
+                got = [(m.topic, m.message_id, m.key, m.payload) for m in page]
+                assert got == expected[len(relayed):len(relayed) + len(got)], limit
+                assert len(got) >= min(limit, len(expected) - len(relayed)), limit
+                relayed += got
+                store.delete_outbox([m.id for m in page])
+            assert relayed == expected, limit
+            assert store.pending_outbox(10) == []
+            expected = self._packed_between_ordinary(store)
+
+    def test_deleting_an_id_removes_every_message_that_carries_it(self, store: Store) -> None:
+        """A backend that keeps a packed row gives each of its messages the row's id, and
+        deleting it removes them all; one that spells them out removes the one."""
+        packed = updates([pid() for _ in range(5)])
+        with store.transaction() as tx:
+            tx.add_outbox_packed(packed)
+            tx.add_outbox([("derived", "after", "k", b"{}")])
+        everything = store.pending_outbox(100)
+        assert [(m.topic, m.message_id, m.key, m.payload) for m in everything] == [
+            *expand(packed), ("derived", "after", "k", b"{}")]
+        doomed = store.pending_outbox(1)[0].id
+        store.delete_outbox([doomed])
+        assert pending(store) == [(m.topic, m.message_id, m.key, m.payload)
+                                  for m in everything if m.id != doomed]
+        assert pending(store)[-1] == ("derived", "after", "k", b"{}")
+
+    def test_a_rolled_back_packed_outbox_leaves_nothing(self, store: Store) -> None:
+        with pytest.raises(RuntimeError), store.transaction() as tx:
+            tx.add_outbox_packed(updates([pid() for _ in range(1500)]))
+            raise RuntimeError("crash before commit")
+        assert store.pending_outbox(10) == []
+
     def test_data_survives_reopen(self, store: Store, tmp_path: Path) -> None:
         p = pid()
         with store.transaction() as tx:
@@ -371,6 +455,28 @@ class StoreContract:
         assert [e.event_uid for e in store.timeline(bob, 10)] == ["e3"]
         assert store.erase(jane) == type(erased)([], [], [])
         assert store.erase(jane_old).profile_ids == []
+
+    def test_erase_takes_the_persons_messages_out_of_a_packed_row_and_keeps_the_others(
+        self, store: Store
+    ) -> None:
+        """Jane's messages share packed rows with Bob's and Carol's (one names her merged
+        profile): only hers go, the others stay pending byte for byte, in order."""
+        jane, jane_old, bob = self._person_and_bystander(store)
+        carol = pid()
+        with store.transaction() as tx:
+            tx.create_profile(carol, 1.0)
+            tx.add_outbox_packed(updates([bob, jane, carol], "a"))
+            tx.add_outbox_packed(updates([jane_old], "b"))  # a row of hers alone
+            tx.add_outbox_packed(updates([carol, bob], "c"))  # a row without her
+        before = pending(store)
+        store.erase(jane)
+        after = pending(store)
+        jane_ids = (jane.encode(), jane_old.encode())
+        assert after == [m for m in before if not any(j in m[3] for j in jane_ids)]
+        assert [m[2] for m in after] == [bob, *(f"profile_id:{p}" for p in (bob, carol, carol,
+                                                                              bob))]
+        assert after[0][1] == "d2"  # the ordinary one, as before
+        assert not any(j in m[3] or j in m[2].encode() for m in after for j in jane_ids)
 
     def test_erase_with_anonymize_keeps_counts_but_no_personal_data(self, store: Store) -> None:
         jane, _, _ = self._person_and_bystander(store)

@@ -9,6 +9,7 @@ personal trait value, timeline event or outbox payload in the clear.
 from __future__ import annotations
 
 import base64
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,9 +18,10 @@ import pytest
 from psycopg import sql
 
 from tessera.config import parse_config
-from tessera.privacy.encryption import FieldCipher, Keyring, PiiTraits
+from tessera.privacy.encryption import BYTES_PREFIX, FieldCipher, Keyring, PiiTraits
 from tessera.store.base import Store, TimelineEntry, Trait
 from tessera.store.encrypted import EncryptedStore
+from tessera.store.outbox_pack import MARK, PackedMessages, Template, expand
 from tessera.store.postgres import PostgresStore
 from tessera.store.sqlite import SQLiteStore
 from tests.contract.store_contract import ChangeFeedContract, pid
@@ -64,6 +66,25 @@ def assert_reads_clear(store: Store, p: str) -> None:
     assert [m.payload for m in store.pending_outbox(5)] == [b'{"changed": "Jane Quixote"}']
 
 
+def write_packed(store: Store) -> PackedMessages:
+    """Packed messages whose records hold a secret: the wrapper must seal every one."""
+    template = Template("derived", (0,), ("profile_id:", 1), ('{"changed":"', 2, '"}'))
+    packed = PackedMessages.build(template, [f"m{i}\x1f{pid()}\x1fJane Quixote"
+                                             for i in range(1200)])
+    with store.transaction() as tx:
+        tx.add_outbox_packed(packed)
+    assert [(m.topic, m.message_id, m.key, m.payload)
+            for m in store.pending_outbox(5000)] == expand(packed)
+    return packed
+
+
+def assert_sealed_one_by_one(packed: PackedMessages, stored: list[tuple[str, bytes]]) -> None:
+    """The backend holds each message on its own, its payload sealed (never a packed row)."""
+    assert [m for m, _ in stored] == [m[1] for m in expand(packed)]
+    assert all(p.startswith(BYTES_PREFIX) and not p.startswith(MARK) for _, p in stored)
+    assert not any(b"Jane Quixote" in p for _, p in stored)
+
+
 class TestEncryptedSQLiteStore(ChangeFeedContract):
     def make_store(self, tmp_path: Path) -> Store:
         return EncryptedStore(SQLiteStore(tmp_path / "store.db"), cipher())
@@ -88,6 +109,19 @@ class TestEncryptedSQLiteStore(ChangeFeedContract):
             plain.close()
         control = b"".join(f.read_bytes() for f in (tmp_path / "plain").rglob("*") if f.is_file())
         assert all(secret in control for secret in SECRETS)
+
+    def test_packed_messages_are_stored_sealed_one_by_one(self, tmp_path: Path) -> None:
+        store = self.make_store(tmp_path)
+        store.migrate()
+        try:
+            packed = write_packed(store)
+        finally:
+            store.close()
+        with sqlite3.connect(tmp_path / "store.db") as conn:
+            stored = conn.execute("SELECT message_id, payload FROM outbox ORDER BY id").fetchall()
+        assert_sealed_one_by_one(packed, stored)
+        blob = b"".join(f.read_bytes() for f in tmp_path.rglob("*") if f.is_file())
+        assert b"Jane Quixote" not in blob
 
     def test_a_planted_ciphertext_lookalike_is_sealed_like_the_real_thing(
         self, store: Store
@@ -149,3 +183,17 @@ class TestEncryptedPostgresStore(ChangeFeedContract):
         assert b"gold" in dump and b"jq@x.io" in dump
         control = self._dump(plain_schema)  # the same query sees them without the wrapper
         assert all(secret in control for secret in SECRETS)
+
+    def test_packed_messages_are_stored_sealed_one_by_one(self, tmp_path: Path) -> None:
+        store = self.make_store(tmp_path)
+        try:
+            store.migrate()
+            packed = write_packed(store)
+        finally:
+            store.close()
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(sql.SQL("SET search_path TO {}").format(
+                sql.Identifier(schema_for(tmp_path, "enc"))))
+            stored = [(m, bytes(p)) for m, p in conn.execute(
+                "SELECT message_id, payload FROM outbox ORDER BY id")]
+        assert_sealed_one_by_one(packed, stored)

@@ -18,6 +18,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from tessera.store.outbox_pack import PackedMessages, expand
+
 Identifier = tuple[str, str]
 
 
@@ -233,6 +235,20 @@ class StoreTx(abc.ABC):
     @abc.abstractmethod
     def add_outbox(self, messages: Sequence[tuple[str, str, str, bytes]]) -> None:
         """Queue ``(topic, message_id, key, payload)`` for the bus, atomically with the effects."""
+
+    def add_outbox_packed(self, packed: PackedMessages) -> None:
+        """Queue the messages of ``packed`` (one template, many records) for the bus.
+
+        :meth:`Store.pending_outbox` gives them back, in order, as
+        :func:`~tessera.store.outbox_pack.expand` spells them out. This default stores
+        them spelled out through :meth:`add_outbox`: PostgreSQL keeps full messages
+        (its erasure deletes a message by its row; packed rows would need the rewrite
+        that SQLite's erasure does), and the encrypting wrapper seals each payload on
+        its way there. SQLite stores the packed rows themselves
+        (:mod:`tessera.store.outbox_pack` tells why).
+        """
+        if packed.count:
+            self.add_outbox(expand(packed))
 
     def create_profiles(self, profiles: Sequence[NewProfile], at: float) -> None:
         """Create profiles that one event each makes whole (links, traits, one timeline entry).
