@@ -32,6 +32,7 @@ from tessera.store.base import (
     TimelineEntry,
     Trait,
 )
+from tessera.store.outbox_pack import MARK, PackedMessages, messages, pack_records, split_row
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -238,6 +239,31 @@ def _per_profile(rows: list[int], n: int) -> int:
     if extra or not m or rows[::m] != list(range(n)):
         return 0
     return m if sorted(rows) == rows and rows[m - 1::m] == rows[::m] else 0
+
+
+def _erase_packed_outbox(conn: sqlite3.Connection, pids: Sequence[str]) -> None:
+    """Take the messages naming any of ``pids`` out of the packed outbox rows that hold
+    them, keeping the others' messages in their row and place (the row is deleted once
+    none is left). A message names a profile as an ordinary row does (its key is the id,
+    or its payload holds it), or when its record holds it: the record is what is stored.
+    The rewritten row replaces the old one in the same transaction, under the erasure's
+    ``secure_delete``, so the old bytes are overwritten like a deleted row's."""
+    needles = [pid.encode() for pid in pids]
+    found = " OR ".join(["instr(payload, ?) > 0"] * len(needles))
+    rows = conn.execute(f"SELECT id, payload FROM outbox WHERE substr(payload, 1, ?) = ? "
+                        f"AND ({found})", [len(MARK), MARK, *needles]).fetchall()
+    for id_, payload in rows:
+        head, recs = split_row(payload)
+        kept: list[str] = []
+        if not any(n in head for n in needles):  # in the template: every message names it
+            kept = [rec for rec, (_, _, key, body) in zip(recs, messages(payload), strict=True)
+                    if not any(pid in rec or pid == key for pid in pids)
+                    and not any(n in body for n in needles)]
+        if kept:
+            conn.execute("UPDATE outbox SET payload=? WHERE id=?",
+                         (pack_records(head, kept), id_))
+        else:
+            conn.execute("DELETE FROM outbox WHERE id=?", (id_,))
 
 
 class SQLiteTx(StoreTx):
@@ -480,6 +506,15 @@ class SQLiteTx(StoreTx):
             "INSERT INTO outbox (topic, message_id, key, payload) VALUES (?, ?, ?, ?)", messages
         )
 
+    def add_outbox_packed(self, packed: PackedMessages) -> None:
+        """One outbox row per packed row (:mod:`tessera.store.outbox_pack`), message id and
+        key empty: ``pending_outbox`` spells the messages out when the relay reads them."""
+        if packed.rows:
+            topic = packed.template.topic
+            self.conn.executemany(
+                "INSERT INTO outbox (topic, message_id, key, payload) VALUES (?, '', '', ?)",
+                [(topic, row) for row in packed.rows])
+
     def split(
         self,
         profile_id: str,
@@ -641,13 +676,24 @@ class SQLiteStore(Store):
         ]
 
     def pending_outbox(self, limit: int) -> list[OutboxMessage]:
-        return [
-            OutboxMessage(*r)
-            for r in self._conn().execute(
-                "SELECT id, topic, message_id, key, payload FROM outbox ORDER BY id LIMIT ?",
-                (limit,),
-            )
-        ]
+        """Every message of the first rows, in order, each with its row's id; rows are read
+        one at a time until ``limit`` messages are there. A packed row gives all its
+        messages or none: the relay deletes what it published by row id."""
+        out: list[OutboxMessage] = []
+        rows = self._conn().execute(
+            "SELECT id, topic, message_id, key, payload FROM outbox ORDER BY id LIMIT ?",
+            (limit,))
+        try:
+            for id_, topic, msg_id, key, payload in rows:
+                if len(out) >= limit:
+                    break
+                if payload.startswith(MARK):
+                    out += [OutboxMessage(id_, *m) for m in messages(payload)]
+                else:
+                    out.append(OutboxMessage(id_, topic, msg_id, key, payload))
+        finally:
+            rows.close()  # an open statement would hold its read snapshot
+        return out
 
     def delete_outbox(self, ids: Sequence[int]) -> None:
         if not ids:
@@ -659,7 +705,7 @@ class SQLiteStore(Store):
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("BEGIN IMMEDIATE")  # one transaction for all of them
             try:
-                for chunk in _chunks(list(ids)):
+                for chunk in _chunks(list(dict.fromkeys(ids))):  # a packed row's, repeated
                     conn.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})",
                                  chunk)
                 conn.execute("COMMIT")
@@ -788,9 +834,11 @@ class SQLiteStore(Store):
         conn.execute("DELETE FROM identities WHERE profile_id=?", (profile_id,))
         marks = ",".join("?" * len(pids))
         conn.execute(f"DELETE FROM traits WHERE profile_id IN ({marks})", pids)
+        _erase_packed_outbox(conn, pids)
         for pid in pids:
-            conn.execute("DELETE FROM outbox WHERE key=? OR instr(payload, ?) > 0",
-                         (pid, pid.encode()))
+            conn.execute("DELETE FROM outbox WHERE (key=? OR instr(payload, ?) > 0) "
+                         "AND substr(payload, 1, ?) != ?",
+                         (pid, pid.encode(), len(MARK), MARK))
         if anonymize:
             conn.execute("UPDATE timeline SET event=? WHERE profile_id=?", (b"{}", profile_id))
         else:
