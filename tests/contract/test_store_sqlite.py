@@ -1,9 +1,11 @@
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from tessera.store.base import Store
 from tessera.store.outbox_pack import MARK, expand
-from tessera.store.sqlite import SQLiteStore
+from tessera.store.sqlite import COUNTER, SQLiteStore
 from tests.contract.store_contract import ChangeFeedContract, pending, pid, updates
 
 
@@ -70,6 +72,30 @@ class TestSQLiteStore(ChangeFeedContract):
             assert bob.encode() in blob and carol.encode() in blob
             assert [m[2] for m in pending(store)] == [
                 bob, *(f"profile_id:{p}" for p in [bob, *[carol] * 200, bob])]
+        finally:
+            store.close()
+
+    def test_the_row_counter_grows_and_survives_a_rollback(self, tmp_path: Path) -> None:
+        """Bulk inserts count their rows from a TEMP table of the connection: grown when a
+        larger insert comes, taken back with a rolled-back transaction, never in the file."""
+        store = self.make_store(tmp_path)
+        store.migrate()
+
+        def batch(n: int, tag: str) -> list[tuple[str, str, str, bytes]]:
+            return [("derived", f"{tag}{i}", "k", b"%d" % i) for i in range(n)]
+
+        try:
+            with pytest.raises(RuntimeError), store.transaction() as tx:
+                tx.add_outbox(batch(3000, "gone"))
+                raise RuntimeError("crash before commit")
+            expected = batch(300, "a") + batch(2000, "b") + batch(256, "c")
+            for part in (expected[:300], expected[300:2300], expected[2300:]):
+                with store.transaction() as tx:
+                    tx.add_outbox(part)
+            assert pending(store) == expected
+            with sqlite3.connect(tmp_path / "store.db") as conn:
+                assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name=?",
+                                    (COUNTER.split(".")[1],)).fetchone() == (0,)
         finally:
             store.close()
 
