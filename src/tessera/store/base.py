@@ -274,6 +274,12 @@ class StoreTx(abc.ABC):
         if columns.ids:
             self.create_profiles(columns.profiles(), at)
 
+    def create_packed_profiles(self, packed: Any) -> bool:
+        """Write new profiles packed by :meth:`Store.column_packer`'s function, unless the
+        store knows one of their events or identifiers; whether they were written. Only
+        called with what this store's packer made; a store without one never is."""
+        raise NotImplementedError
+
     def touch(self, profile_ids: Sequence[str], at: float) -> None:
         """Mark profiles as changed at ``at`` (``updated_at``) without adding events.
 
@@ -356,6 +362,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def counts(self) -> dict[str, int]:
         """``profiles`` (live), ``identities``, ``events_applied``, ``merges``."""
+
+    def column_packer(self) -> Callable[[ProfileColumns, float], Any] | None:
+        """A picklable function that packs :class:`ProfileColumns` created at a time for
+        :meth:`StoreTx.create_packed_profiles`, so that an import packs chunks in another
+        process and the writer only writes them; None (the default): the store writes
+        columns through :meth:`StoreTx.create_profile_columns`."""
+        return None
 
     @abc.abstractmethod
     def reset(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import accumulate, repeat
 from pathlib import Path
@@ -475,49 +475,21 @@ class SQLiteTx(StoreTx):
              p.entry.received_at, orjson.dumps(p.entry.event)) for p in profiles])
 
     def create_profile_columns(self, columns: ProfileColumns, at: float) -> None:
-        """One ``INSERT ... SELECT`` per table from packed columns (:class:`_Packed`); links
-        sorted by identifier so that their B-tree fills page by page, the rest in the order
-        given (callers that create many pass rising profile ids); where a column cannot be
-        packed, :meth:`create_profiles`."""
-        c = columns
-        n = len(c.ids)
-        if not n:
-            return
-        tables: list[tuple[_Packed, str, list[str], int, str]] = []
-        p = _Packed()
-        tables.append((p, "INSERT INTO profiles (id, created_at, updated_at, event_count)",
-                       [p.text(c.ids), p.const(at), p.const(at), "1"], n, ""))
-        if c.link_rows:
-            p = _Packed()
-            m = _per_profile(c.link_rows, n)  # mostly: every profile has as many links
-            pid, uid = p.of_rows(c.ids, c.link_rows, m), p.of_rows(c.event_uids, c.link_rows, m)
-            tables.append((p, "INSERT INTO identities (type, value, profile_id, event_uid, "
-                           "linked_at, source, reason)",
-                           [f"{p.text(c.link_types)} AS t", f"{p.text(c.link_values)} AS v",
-                            pid, uid, p.const(at), p.const(c.source), "'deterministic'"],
-                           len(c.link_rows), "t, v"))
-        if c.trait_rows:
-            p = _Packed()
-            rows = c.trait_rows
-            m = _per_profile(rows, n)
-            pid, uid = p.of_rows(c.ids, rows, m), p.of_rows(c.event_uids, rows, m)
-            times = p.of_rows(c.times, rows, m)
-            tables.append((p, "INSERT OR REPLACE INTO traits (profile_id, name, value, source, "
-                           "time, priority, event_uid)",
-                           [pid, p.text(c.trait_names), p.text(c.trait_values, blob=True),
-                            p.const(c.source), times, p.number(c.trait_priorities), uid],
-                           len(rows), ""))
-        p = _Packed()
-        tables.append((p, "INSERT OR IGNORE INTO timeline (profile_id, time, event_uid, type, "
-                       "source, received_at, event)",
-                       [p.text(c.ids), p.number(c.times),
-                        p.text(c.event_uids), p.text(c.types), p.const(c.source),
-                        p.number(c.received_at), p.text(c.documents, blob=True)], n, ""))
-        if not all(t[0].usable for t in tables):
+        """One ``INSERT ... SELECT`` per table from packed columns
+        (:func:`.sqlite_columns.profile_tables`); where a column cannot be packed,
+        :meth:`create_profiles`."""
+        from tessera.store.sqlite_columns import profile_tables, write_tables
+
+        tables = profile_tables(columns, at)
+        if tables is None:
             super().create_profile_columns(columns, at)  # NewProfile objects, executemany
-            return
-        for packed, head, exprs, rows_, order in tables:
-            packed.insert(self.conn, head, exprs, rows_, order)
+        else:
+            write_tables(self.conn, tables)
+
+    def create_packed_profiles(self, packed: Any) -> bool:
+        from tessera.store.sqlite_columns import write_packed
+
+        return write_packed(self.conn, packed)
 
     def add_outbox(self, messages: Sequence[tuple[str, str, str, bytes]]) -> None:
         if len(messages) >= PACKED_ROWS:
@@ -611,6 +583,11 @@ class SQLiteStore(Store):
         finally:
             conn.close()
         self._migrated = True
+
+    def column_packer(self) -> Callable[[ProfileColumns, float], Any] | None:
+        from tessera.store.sqlite_columns import pack_new_profiles
+
+        return pack_new_profiles
 
     @contextmanager
     def transaction(self) -> Iterator[StoreTx]:

@@ -1,0 +1,168 @@
+"""New profiles as columns, packed for SQLite, and packed away from the writing thread.
+
+:meth:`SQLiteTx.create_profile_columns` writes a chunk of new profiles with one
+``INSERT ... SELECT`` per table whose values SQLite cuts out of a few packed BLOB
+parameters (:class:`.sqlite._Packed`). Packing those parameters is Python work (joins,
+encodings, padding: about 4 us per imported profile), done while the writer holds the
+interpreter lock; an import that also reads and maps its next chunk on another thread
+then makes the writer wait for the lock after every statement (measured: a busy Python
+thread beside the writer tripled the writer's time per profile).
+
+So packing is a pure function of the columns (:func:`profile_tables`), and
+:func:`pack_new_profiles` adds the applied records and two probes to it: its result
+(:class:`PackedProfiles`, bytes and SQL text) pickles, so the import's reading process
+packs a chunk and the writer only runs the statements (:func:`write_packed`), after
+asking SQLite, with the same packed parameters, whether any of the chunk's events is
+applied or any of its identifiers known; if so it writes nothing and the caller takes
+the per-row path.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tessera.store.base import ProfileColumns
+from tessera.store.sqlite import COUNTER, _counter, _Packed, _per_profile
+
+Table = tuple[_Packed, str, list[str], int, str]
+"""One packed ``INSERT``: parameters, head, value expressions, rows, ``ORDER BY``."""
+
+
+@dataclass(slots=True)
+class PackedProfiles:
+    """The statements that write a chunk of new profiles, with their packed parameters."""
+
+    tables: list[Table]
+    probes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    """Queries that return a row when the store contradicts the chunk (an event applied,
+    an identifier known): then nothing is written."""
+
+
+def profile_tables(columns: ProfileColumns, at: float) -> list[Table] | None:
+    """The profiles, links, traits and timeline entries of ``columns`` as packed inserts:
+    links sorted by identifier so that their B-tree fills page by page, the rest in the
+    order given (callers that create many pass rising profile ids). None when a column
+    cannot be packed."""
+    c = columns
+    n = len(c.ids)
+    tables: list[Table] = []
+    if not n:
+        return tables
+    p = _Packed()
+    tables.append((p, "INSERT INTO profiles (id, created_at, updated_at, event_count)",
+                   [p.text(c.ids), p.const(at), p.const(at), "1"], n, ""))
+    if c.link_rows:
+        p = _Packed()
+        m = _per_profile(c.link_rows, n)  # mostly: every profile has as many links
+        pid, uid = p.of_rows(c.ids, c.link_rows, m), p.of_rows(c.event_uids, c.link_rows, m)
+        tables.append((p, "INSERT INTO identities (type, value, profile_id, event_uid, "
+                       "linked_at, source, reason)",
+                       [f"{p.text(c.link_types)} AS t", f"{p.text(c.link_values)} AS v",
+                        pid, uid, p.const(at), p.const(c.source), "'deterministic'"],
+                       len(c.link_rows), "t, v"))
+    if c.trait_rows:
+        p = _Packed()
+        rows = c.trait_rows
+        m = _per_profile(rows, n)
+        pid, uid = p.of_rows(c.ids, rows, m), p.of_rows(c.event_uids, rows, m)
+        times = numbers(p, c.times if m else [c.times[r] for r in rows],
+                        f"(i/{m})" if m else "i")
+        tables.append((p, "INSERT OR REPLACE INTO traits (profile_id, name, value, source, "
+                       "time, priority, event_uid)",
+                       [pid, p.text(c.trait_names), p.text(c.trait_values, blob=True),
+                        p.const(c.source), times, p.number(c.trait_priorities), uid],
+                       len(rows), ""))
+    p = _Packed()
+    tables.append((p, "INSERT OR IGNORE INTO timeline (profile_id, time, event_uid, type, "
+                   "source, received_at, event)",
+                   [p.text(c.ids), numbers(p, c.times),
+                    p.text(c.event_uids), p.text(c.types), p.const(c.source),
+                    numbers(p, c.received_at), p.text(c.documents, blob=True)], n, ""))
+    if not all(t[0].usable for t in tables):
+        return None
+    return tables
+
+
+def pack_new_profiles(columns: ProfileColumns, at: float) -> PackedProfiles | None:
+    """:func:`profile_tables` and the applied records of ``columns``, with the probes of
+    :func:`write_packed`: what the import's reading process hands the writer (the
+    store's :meth:`~tessera.store.base.Store.column_packer`). None when a column cannot
+    be packed."""
+    tables = profile_tables(columns, at)
+    if tables is None or not columns.ids:
+        return None
+    n = len(columns.ids)
+    p = _Packed()
+    uid = p.text(columns.event_uids)
+    if not p.usable:
+        return None
+    tables.append((p, "INSERT INTO applied (event_uid, at)", [f"{uid} AS u", p.const(at)],
+                   n, "u"))
+    packed = PackedProfiles(tables)
+    packed.probes.append(_select(p, f"SELECT 1 FROM applied WHERE event_uid IN "
+                                    f"(SELECT {uid} FROM {{rows}}) LIMIT 1", n))
+    for q, head, exprs, rows, _ in tables:
+        if head.startswith("INSERT INTO identities"):  # the same packed type and value
+            type_, value = (e.removesuffix(" AS t").removesuffix(" AS v") for e in exprs[:2])
+            packed.probes.append(_select(q, f"SELECT 1 FROM identities WHERE (type, value) IN "
+                                            f"(SELECT {type_}, {value} FROM {{rows}}) LIMIT 1",
+                                         rows))
+    return packed
+
+
+def numbers(p: _Packed, values: Sequence[float], row: str = "i") -> str:
+    """The SQL expression of row ``row``'s value of a column of numbers, exact.
+
+    :meth:`_Packed.number` takes one value for every row, or integers; a column of
+    differing floats (the event times of an import with a time column) it cannot
+    pack, since SQLite's text-to-real conversion is not guaranteed to round exactly.
+    Here every value is an integer times one power of two, ``v = M * 2**E`` (``E`` the
+    column's smallest binary exponent less 53, so each ``M`` is an integer of at most
+    53 significant bits): ``M`` goes as text and converts to a double exactly, the
+    power of two is bound as a double, and their product is ``v`` exactly (IEEE
+    multiplication rounds only what it cannot represent). Values more than a factor
+    of 2**10 apart (``M`` would not fit 64 bits), non-finite ones or a power of two
+    out of range leave the column unpackable, as before."""
+    first = values[0]
+    if values.count(first) == len(values) and len(set(map(type, values))) == 1:
+        return p.const(first)
+    if all(type(v) is int for v in values):
+        return p.number(values, row=row)
+    try:
+        exponents = [math.frexp(v)[1] for v in values if v]
+        low = min(exponents, default=0) - 53
+        if max(exponents, default=0) - 53 - low > 10 or low < -1074 + 53:
+            raise ValueError
+        scale = math.ldexp(1.0, low)
+        mantissas = [str(int(math.ldexp(v, -low))) for v in values]
+    except (ValueError, OverflowError, TypeError):
+        p.usable = False
+        return "NULL"
+    return f"(CAST({p.text(mantissas, row=row)} AS INTEGER) * {p.const(scale)})"
+
+
+def _select(p: _Packed, sql: str, rows: int) -> tuple[str, dict[str, Any]]:
+    """``sql`` with ``{rows}`` the first ``rows`` integers of the counter, and its
+    parameters."""
+    params = {**p.params, "rows": rows}
+    return sql.replace("{rows}", f"{COUNTER} WHERE i < :rows"), params
+
+
+def write_tables(conn: sqlite3.Connection, tables: list[Table]) -> None:
+    for packed, head, exprs, rows, order in tables:
+        packed.insert(conn, head, exprs, rows, order)
+
+
+def write_packed(conn: sqlite3.Connection, packed: PackedProfiles) -> bool:
+    """Write ``packed`` unless a probe finds one of its events applied or identifiers
+    known; whether it was written (in the caller's transaction either way)."""
+    _counter(conn, max(t[3] for t in packed.tables))
+    for sql, params in packed.probes:
+        if conn.execute(sql, params).fetchone() is not None:
+            return False
+    write_tables(conn, packed.tables)
+    return True
