@@ -110,7 +110,8 @@ def canonical(rt: Runtime) -> dict[str, Any]:
 
 
 async def imported(tmp_path: Path, name: str, url: str | None, file: Path, bulk: bool,
-                   columnar: bool = False) -> tuple[dict[str, Any], list[Any], int]:
+                   columnar: bool = False, read_ahead: bool = False
+                   ) -> tuple[dict[str, Any], list[Any], int]:
     rt = Runtime(CONFIG, tmp_path / name, store_url=url)
     await rt.start()
     try:
@@ -120,7 +121,8 @@ async def imported(tmp_path: Path, name: str, url: str | None, file: Path, bulk:
             return ImportJob(path=file, source="crm", mapping=parse_mapping(MAPPING),
                              store=rt.store, processor=rt.processor, extractor=rt.extractor,
                              bus=rt.bus, work_dir=rt.data_dir / "imports", batch_size=4,
-                             log_events=False, bulk=bulk, columnar=columnar, restart=restart)
+                             log_events=False, bulk=bulk, columnar=columnar, restart=restart,
+                             read_ahead=read_ahead)
 
         job = new_job(restart=False)
         assert (job.columnar is not None) == columnar
@@ -135,15 +137,19 @@ async def imported(tmp_path: Path, name: str, url: str | None, file: Path, bulk:
         await rt.close()
 
 
-@pytest.mark.parametrize("columnar", [False, True], ids=["bulk", "columnar"])
+@pytest.mark.parametrize(("columnar", "read_ahead"), [(False, False), (True, False), (True, True)],
+                         ids=["bulk", "columnar", "columnar-read-ahead"])
 async def test_bulk_and_per_event_imports_give_the_same_store(
-        tmp_path: Path, store_url: str | None, columnar: bool) -> None:
-    """The bulk path (events) and the columnar path (columns from the file to the store)
-    against the per-event path."""
+        tmp_path: Path, store_url: str | None, columnar: bool, read_ahead: bool) -> None:
+    """The bulk path (events) and the columnar path (columns from the file to the store),
+    with its chunks built in the import's reading process or in its own, against the
+    per-event path. With a reading process every chunk here has a row the store or the
+    chunk contradicts: the packed write is refused and the writer reads the chunk again."""
     file = write_csv(tmp_path / "people.csv",
                      [[*row, str(1_700_000_000 + n)] for n, row in enumerate(ROWS)], HEADER)
     urls = store_url.split("|") if store_url else [None, None]
-    bulk, bulk_summaries, made = await imported(tmp_path, "bulk", urls[0], file, True, columnar)
+    bulk, bulk_summaries, made = await imported(tmp_path, "bulk", urls[0], file, True, columnar,
+                                                read_ahead)
     single, single_summaries, _ = await imported(tmp_path, "single", urls[1], file, False)
     assert made == 6                     # rows 1, 7, 12, 13, 14 and 16 took the bulk path
     assert bulk_summaries == single_summaries

@@ -15,6 +15,7 @@ from tessera.imports.job import ImportError_, ImportJob
 from tessera.imports.readers import Position, read, read_csv_blocks
 from tessera.processing.profiles import ProfileProcessor
 from tessera.runtime import Runtime
+from tessera.store.outbox_pack import expand
 from tests.imports.test_import import job, numbered, rejects, stop_after, traits, write_csv
 
 
@@ -97,16 +98,20 @@ async def test_documents_and_payloads_are_the_row_paths_json(
                                     rows.times[i], chunk.received_at)
         assert event.uid == columns.event_uids[k] == prepared.uids[i]
         assert columns.documents[k] == orjson.dumps(event.to_cloudevent()).decode()
-        message = prepared.outbox[k]
+        record = prepared.records[k]
         if not rows.traits[i]:
-            assert message is None
+            assert record is None
             continue
-        assert message is not None
+        assert record is not None and prepared.template is not None
+        message = prepared.template.fill(record.split("\x1f"))
         now = orjson.loads(message[3])["received_at"]
         diff = {n: {"old": None, "new": v} for n, v in rows.traits[i].items()}
         derived = ProfileProcessor._updated_event(event, columns.ids[k], diff, now)
         assert message == ("derived", derived.uid, derived.partition_key, derived.to_json())
     assert columns.ids == sorted(columns.ids) and len(set(columns.ids)) == 3
+    packed = prepared.messages()
+    assert packed is not None and expand(packed) == [
+        prepared.template.fill(r.split("\x1f")) for r in prepared.records if r is not None]
 
 
 async def test_rejects_resume_and_a_lost_checkpoint_on_the_columnar_path(
@@ -300,3 +305,30 @@ async def test_every_write_of_an_import_is_made_on_one_thread(
     summary = await made.run()
     assert summary.imported == 50 and len(threads) >= 10
     assert len(set(threads)) == 1 and threads[0].startswith("import-writer")
+
+
+async def test_a_uniform_chunk_is_built_column_wise_exactly_as_row_by_row(
+        runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every row with the same identifier types and trait names: the column-wise build
+    gives the loop's links, traits, documents and messages, value for value."""
+    path = write_csv(tmp_path / "x.csv", [["a@x.io", "M1", "n", "1"]])
+    made = columnar_job(runtime, path)
+    assert made.columnar is not None
+    builder = made.columnar.builder
+    values = ["Zoë \"Z\" \u2028", "{brace}", "plain", "a\\b"]
+    rows = Rows(lines=[7, 8, 9, 10],
+                identifiers=[[("member_number", f"M{k}"), ("email", f"u{k}@x.io")]
+                             for k in range(4)],
+                traits=[{"first_name": values[k], "lifetime_value": [1.5, -0.0, 10**18, 2][k],
+                         "vip": k % 2 == 0, "{odd name}": {"k": [k]}} for k in range(4)],
+                times=[1_700_000_000.123456, 5.0, 1e-3, 5.0])
+    chunk = Chunk(rows, [], 1_700_000_100.5, [(7, 0), (8, 1), (9, 2), (10, 3)])
+    ids = [f"prf_{k:032x}" for k in range(4)]
+    monkeypatch.setattr("tessera.imports.columnar.new_profile_ids", lambda n: ids[:n])
+    column_wise = builder.prepare(chunk)
+    monkeypatch.setattr(type(builder), "_build_uniform", lambda *args: False)
+    row_wise = builder.prepare(chunk)
+    assert column_wise.columns == row_wise.columns
+    assert column_wise.records == row_wise.records and None not in row_wise.records
+    resolver_order = [t for t, _ in runtime.processor.resolver.sort(rows.identifiers[0])]
+    assert column_wise.columns.link_types[:2] == resolver_order

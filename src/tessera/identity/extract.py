@@ -76,6 +76,7 @@ class IdentifierExtractor:
     """Extracts the configured identifier types from an event's envelope."""
 
     def __init__(self, config: TesseraConfig) -> None:
+        self._config = config
         idents = sorted(config.all_identifiers(), key=lambda i: (i.priority, i.type))
         self._priority = {i.type: i.priority for i in idents}
         self._mode = {i.type: i.normalize for i in idents}
@@ -159,6 +160,11 @@ class IdentifierExtractor:
                     hits.append((rank, type_, value))
             if isinstance(value, dict) and len(child) > (types is not None):
                 self._walk(child, value, hits)
+
+    def __reduce__(self) -> tuple[Any, tuple[TesseraConfig]]:
+        """Pickled as its configuration (its normalizers are closures): an import's
+        reading process makes its own."""
+        return (IdentifierExtractor, (self._config,))
 
     def sort(self, identifiers: Iterable[Identifier]) -> list[Identifier]:
         return sorted(identifiers, key=lambda i: self.priority(i[0]))

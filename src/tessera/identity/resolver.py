@@ -73,6 +73,10 @@ class IdentityResolver:
         self._limit = {i.type: i.limit for i in idents}
         self._priority = {i.type: i.priority for i in idents}
 
+    def priorities(self) -> dict[str, int]:
+        """The priority of each configured identifier type (others sort as 1000)."""
+        return dict(self._priority)
+
     def sort(self, identifiers: Sequence[Identifier]) -> list[Identifier]:
         return sorted(identifiers, key=lambda i: self._priority.get(i[0], 1000))
 

@@ -21,11 +21,12 @@ commit, in file order, as in :mod:`.bulk`. The store ends up with the same conte
 from __future__ import annotations
 
 import hashlib
+import pickle
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, compress
+from itertools import chain, compress, repeat
 from operator import itemgetter
 from typing import Any
 
@@ -34,8 +35,10 @@ import orjson
 from tessera.events.envelope import Event, IsoTimes, event_uid
 from tessera.identity.resolver import new_profile_ids
 from tessera.imports.bulk import count_identifiers
+from tessera.imports.readers import Position
 from tessera.processing.profiles import DERIVED_SOURCE, DERIVED_TOPIC, BatchResult, ProfileProcessor
 from tessera.store.base import Identifier, ProfileColumns, StoreTx, in_transaction
+from tessera.store.outbox_pack import PackedMessages, Template
 
 _UPDATED_UID_SOURCE = f"tessera\x1f{DERIVED_SOURCE}\x1f".encode()
 
@@ -63,22 +66,28 @@ class Chunk:
     """(line, index): ``index >= 0`` a row of ``rows``, ``-1 - k`` event ``k``."""
 
 
-class ColumnarApplier:
-    """Applies chunks: new people column-wise in one transaction, the rest per event."""
+class ColumnarBuilder:
+    """Builds a chunk's new people as columns: everything that does not need the store.
+
+    Plain data (the survivorship rules, the resolver's identifier priorities, the
+    store's packing function), so that it pickles: the
+    import's reading process (:mod:`.ahead`) builds and packs chunks while the writing
+    thread only writes them.
+    """
 
     def __init__(self, processor: ProfileProcessor, source: str, import_source: str,
-                 id_prefix: str, event_type: str,
-                 make_event: Callable[[int, list[Identifier], dict[str, Any], float, float],
-                                      Event]) -> None:
-        self.processor = processor
-        self.store = processor.store
+                 id_prefix: str, event_type: str) -> None:
         self.source = source
         self.import_source = import_source
         self.id_prefix = id_prefix
         """Event ids are ``<id_prefix><line>`` (the import id and a colon)."""
         self.event_type = event_type
-        self.make_event = make_event
-        self.created = 0
+        self.priority = processor.survivorship.priority
+        """A trait's priority for a source (the survivorship rules are plain data)."""
+        self.type_priorities = processor.resolver.priorities()
+        """The resolver's priority of each identifier type: the order of a profile's links."""
+        self.packer = processor.store.column_packer()
+        """The store's packing of new profiles (None: the store writes columns itself)."""
         self.uid_prefix: str | None = None
         """Set by the job: row uids are this and the line in 16 hex digits
         (:func:`.job.import_uid`); None: the hash of (source, import source, event id)."""
@@ -95,13 +104,11 @@ class ColumnarApplier:
         source, import_source, id_prefix = self.source, self.import_source, self.id_prefix
         return [event_uid(source, import_source, f"{id_prefix}{n}") for n in lines]
 
-    # -- applying ---------------------------------------------------------------------
-
     def prepare(self, chunk: Chunk) -> Prepared:
         """Everything about the chunk that does not depend on the store: which rows can
         only create a new person if the store knows none of their identifiers (the rule
         of :mod:`.bulk`: no identifier shared with another row of the chunk, one value
-        per type), and their profiles, documents and ``profile.updated`` payloads. The
+        per type), and their profiles, documents and ``profile.updated`` messages. The
         import prepares the next chunk while the store writes this one."""
         rows, events = chunk.rows, chunk.events
         uids = self.uids(rows.lines)
@@ -119,8 +126,262 @@ class ColumnarApplier:
         candidates = list(compress(range(len(rows.identifiers)), flags))
         prepared = Prepared(chunk, uids, candidates)
         if candidates:
-            self._build(prepared)
+            self.build(prepared)
         return prepared
+
+    def ahead(self, prepared: Prepared, rejected: list[tuple[int, str, Any]],
+              start: Position, end: Position | None) -> Ahead:
+        """``prepared`` as the reading process hands it to the writer: when every row of
+        the chunk is a candidate and the store packs its columns, the packed write of
+        all of them and their messages, ready to run (if the store then knows one of
+        them, the writer reads the chunk again from ``start``); else the prepared chunk
+        itself, pickled, for :meth:`ColumnarApplier.commit`."""
+        chunk = prepared.chunk
+        count = len(chunk.rows.lines) + len(chunk.events)
+        packed = stub = outbox = None
+        if (self.packer is not None and not chunk.events and prepared.candidates
+                and len(prepared.candidates) == len(chunk.rows.lines)):
+            packed = self.packer(prepared.columns, time.time())
+            if packed is not None:
+                outbox = prepared.messages()
+                stub = prepared.stub(0, self)
+        whole = None if packed is not None else pickle.dumps(prepared, pickle.HIGHEST_PROTOCOL)
+        return Ahead(count, rejected, start, end, len(prepared.candidates), packed, outbox,
+                     stub, whole)
+
+    def build(self, prepared: Prepared) -> None:
+        """The candidates' columns and ``profile.updated`` records.
+
+        The CloudEvent document and the ``profile.updated`` message are assembled from
+        text pieces around the one part that needs serializing (the row's data, the
+        changed values): the same JSON as ``orjson.dumps`` of ``Event.to_cloudevent()``
+        and of the processor's ``_updated_event`` (``tests/imports/test_columnar.py``
+        holds them equal), at a fraction of the cost per row. A message is kept as its
+        few varying fields (:func:`updated_template` fills them in), so the store's
+        outbox holds about a tenth of the bytes.
+        """
+        rows, candidates, received_at = (prepared.chunk.rows, prepared.candidates,
+                                         prepared.chunk.received_at)
+        source, etype = self.source, self.event_type
+
+        def q(text: str) -> str:
+            return orjson.dumps(text).decode()
+
+        ids = new_profile_ids(len(candidates))  # rising: to the end of every index
+        uids = [prepared.uids[i] for i in candidates]
+        times = [rows.times[i] for i in candidates]
+        dumps = orjson.dumps
+        doc_source = f'","source":{q(self.import_source)},"type":{q(etype)},"time":"'
+        doc_data = '","datacontenttype":"application/json","data":'
+        doc_tail = (f',"tesserasource":{q(source)},"tesserareceivedat":'
+                    f'"{self._iso(received_at)}"}}')
+        number: dict[float, str] = {}
+        orders: dict[tuple[str, ...], list[int]] = {}
+        first = itemgetter(0)
+        rank = self.type_priorities
+        names: dict[str, tuple[str, int]] = {}
+        c = ProfileColumns(source=source, ids=ids, event_uids=uids,
+                           types=[etype] * len(candidates), times=times,
+                           received_at=[received_at] * len(candidates), documents=[],
+                           link_rows=[], link_types=[], link_values=[], trait_rows=[],
+                           trait_names=[], trait_values=[], trait_priorities=[])
+        records: list[str | None] = []
+        blake = hashlib.blake2b
+        prefix = self.id_prefix
+        iso = self._iso
+        if self._build_uniform(prepared, c, records, doc_source, doc_data, doc_tail):
+            prepared.columns, prepared.records = c, records
+            prepared.template = updated_template(self.import_source, etype, prefix,
+                                                 time.time())
+            return
+        for r, i in enumerate(candidates):
+            idents = rows.identifiers[i]
+            traits = rows.traits[i]
+            uid = uids[r]
+            pid = ids[r]
+            line = rows.lines[i]
+            types = tuple(map(first, idents))
+            order = orders.get(types)
+            if order is None:  # the resolver's link order of these types, once a chunk
+                order = orders[types] = sorted(range(len(types)),
+                                               key=lambda k: rank.get(types[k], 1000))
+            for k in order:
+                type_, value = idents[k]
+                c.link_rows.append(r)
+                c.link_types.append(type_)
+                c.link_values.append(value)
+            changed: list[str] = []
+            for name, value in traits.items():
+                found = names.get(name)
+                if found is None:
+                    found = names[name] = (q(name), self.priority(name, source))
+                text = dumps(value).decode()  # str: see ProfileColumns
+                c.trait_rows.append(r)
+                c.trait_names.append(name)
+                c.trait_values.append(text)
+                c.trait_priorities.append(found[1])
+                changed.append(f'{found[0]}:{{"old":null,"new":{text}}}')
+            data = dumps({"traits": traits, "identifiers": dict(idents)}).decode()
+            c.documents.append(f'{{"specversion":"1.0","id":"{prefix}{line}{doc_source}'
+                               f'{iso(times[r])}{doc_data}{data}{doc_tail}')
+            if changed:
+                updated_uid = blake(b"%b%b:profile.updated" % (_UPDATED_UID_SOURCE,
+                                                                uid.encode()),
+                                    digest_size=16).hexdigest()
+                at = number.get(times[r])
+                if at is None:
+                    at = number[times[r]] = dumps(times[r]).decode()
+                records.append(f"{updated_uid}\x1f{uid}\x1f{at}\x1f{pid}\x1f"
+                               f"{','.join(changed)}\x1f{line}")
+            else:
+                records.append(None)
+        prepared.columns, prepared.records = c, records
+        prepared.template = updated_template(self.import_source, etype, prefix, time.time())
+
+
+    def _build_uniform(self, prepared: Prepared, c: ProfileColumns,
+                       records: list[str | None], doc_source: str, doc_data: str,
+                       doc_tail: str) -> bool:
+        """:meth:`build` a column at a time when every candidate has the same identifier
+        types and trait names in the same order (a file without empty cells); False,
+        having changed nothing, otherwise. The same values as the loop of :meth:`build`
+        (``tests/imports/test_columnar.py`` holds them equal), in about half the time:
+        each JSON value is written once, for the trait, the document's data and the
+        message alike, and the rows are put together by ``zip`` and ``map``."""
+        rows, candidates = prepared.chunk.rows, prepared.candidates
+        n = len(candidates)
+        if n == len(rows.lines):
+            idents, traits, lines = rows.identifiers, rows.traits, rows.lines
+        else:
+            idents = [rows.identifiers[i] for i in candidates]
+            traits = [rows.traits[i] for i in candidates]
+            lines = [rows.lines[i] for i in candidates]
+        first = itemgetter(0)
+        shapes = set(map(tuple, map(map, repeat(first), idents)))
+        names_seen = set(map(tuple, traits))
+        if len(shapes) != 1 or len(names_seen) != 1:
+            return False
+        (types,), (names,) = shapes, names_seen
+        if not names:
+            return False  # no message: the loop's None records
+        rank = self.type_priorities
+        order = sorted(range(len(types)), key=lambda k: rank.get(types[k], 1000))
+        m, t = len(types), len(names)
+        dumps, decode = orjson.dumps, bytes.decode
+
+        def q(text: str) -> str:
+            return decode(dumps(text))
+
+        # identifiers: the values of each position, JSON-quoted for the document
+        values = [list(map(itemgetter(1), map(itemgetter(k), idents))) for k in range(m)]
+        quoted = [list(map(decode, map(dumps, column))) for column in values]
+        c.link_rows = list(chain.from_iterable(map(repeat, range(n), repeat(m))))
+        c.link_types = [types[k] for k in order] * n
+        c.link_values = list(chain.from_iterable(zip(*(values[k] for k in order), strict=True)))
+        # traits: each value's JSON text once
+        texts = [list(map(decode, map(dumps, map(itemgetter(name), traits))))
+                 for name in names]
+        c.trait_rows = list(chain.from_iterable(map(repeat, range(n), repeat(t))))
+        c.trait_names = list(names) * n
+        c.trait_values = list(chain.from_iterable(zip(*texts, strict=True)))
+        c.trait_priorities = [self.priority(name, self.source) for name in names] * n
+        # {"traits":{..},"identifiers":{..}} and the changed members, from those texts
+        keys = [q(name) for name in names]
+        trait_json = map(",".join, zip(*(map(f"{key}:".__add__, column)
+                                         for key, column in zip(keys, texts, strict=True)),
+                                       strict=True))
+        ident_json = map(",".join, zip(*(map(f"{q(types[k])}:".__add__, quoted[k])
+                                         for k in range(m)), strict=True))
+        data = map('{{"traits":{{{}}},"identifiers":{{{}}}}}'.format, trait_json, ident_json)
+        changed = map(",".join, zip(*(map(str.__add__, map(f'{key}:{{"old":null,"new":'.__add__,
+                                                            column), repeat("}"))
+                                      for key, column in zip(keys, texts, strict=True)),
+                                    strict=True))
+        prefix, iso = self.id_prefix, self._iso
+        c.documents = [f'{{"specversion":"1.0","id":"{prefix}{line}{doc_source}{iso(at)}'
+                       f'{doc_data}{d}{doc_tail}'
+                       for line, at, d in zip(lines, c.times, data, strict=True)]
+        blake = hashlib.blake2b
+        stamp = {at: decode(dumps(at)) for at in dict.fromkeys(c.times)}
+        for uid, at, pid, ch, line in zip(c.event_uids, c.times, c.ids, changed, lines,
+                                          strict=True):
+            updated = blake(b"%b%b:profile.updated" % (_UPDATED_UID_SOURCE, uid.encode()),
+                            digest_size=16).hexdigest()
+            records.append(f"{updated}\x1f{uid}\x1f{stamp[at]}\x1f{pid}\x1f{ch}\x1f{line}")
+        return True
+
+
+def updated_template(import_source: str, event_type: str, id_prefix: str,
+                     now: float) -> Template:
+    """The ``profile.updated`` message of an imported new profile as a template of its
+    fields: 0 its uid, 1 the cause's uid, 2 the time, 3 the profile id, 4 the changed
+    traits (JSON members), 5 the line. Filled in, it is byte for byte the processor's
+    derived event (``tests/imports/test_columnar.py``)."""
+    def q(text: str) -> str:
+        return orjson.dumps(text).decode()
+
+    dumps = orjson.dumps
+    payload: tuple[str | int, ...] = (
+        '{"id":"', 1, ':profile.updated","source":"' + DERIVED_SOURCE
+        + '","type":"profile.updated","time":', 2,
+        f',"received_at":{dumps(now).decode()},"source_name":"tessera",'
+        '"data":{"profile_id":"', 3, '","changed":{', 4,
+        f'}},"caused_by":{{"id":"{id_prefix}', 5, f'","source":{q(import_source)},"uid":"', 1,
+        f'","type":{q(event_type)}}}}},"identifiers":[["profile_id","', 3,
+        '"]],"subject":"', 3, '","datacontenttype":"application/json","dataschema":null,'
+        '"extensions":{},"specversion":"1.0","uid":"', 0, '"}')
+    return Template(DERIVED_TOPIC, (0,), ("profile_id:", 3), payload)
+
+
+class ColumnarApplier:
+    """Applies chunks: new people column-wise in one transaction, the rest per event."""
+
+    def __init__(self, processor: ProfileProcessor, builder: ColumnarBuilder,
+                 make_event: Callable[[int, list[Identifier], dict[str, Any], float, float],
+                                      Event]) -> None:
+        self.processor = processor
+        self.store = processor.store
+        self.builder = builder
+        self.make_event = make_event
+        self.created = 0
+        self.packed = 0
+        """Chunks written as the reading process packed them (:meth:`commit_ahead`)."""
+
+    def prepare(self, chunk: Chunk) -> Prepared:
+        return self.builder.prepare(chunk)
+
+    # -- applying ---------------------------------------------------------------------
+
+    def commit_ahead(self, ahead: Ahead, reread: Callable[[Ahead], Prepared],
+                     retries: int = 8) -> BatchResult:
+        """A chunk from the reading process: its packed write when the erasure screen
+        passes it and the store knows none of its events and identifiers (one
+        transaction, no Python per row); else :meth:`commit` of the chunk, as an import
+        without a reading process would: the chunk as sent when it was not packed, or
+        read again by ``reread``."""
+        packed = ahead.packed
+        if packed is not None and ahead.stub is not None and self._screen_passes(ahead.stub):
+            def write(tx: StoreTx) -> bool:
+                if not tx.create_packed_profiles(packed):
+                    return False
+                if ahead.outbox is not None:
+                    tx.add_outbox_packed(ahead.outbox)
+                return True
+
+            if in_transaction(self.store, write, retries):
+                self.packed += 1
+                self.created += ahead.candidates
+                return BatchResult(applied=ahead.candidates, profiles_created=ahead.candidates)
+        if ahead.prepared is not None:
+            return self.commit(pickle.loads(ahead.prepared), retries)
+        return self.commit(reread(ahead), retries)
+
+    def _screen_passes(self, stub: Event) -> bool:
+        """Whether the erasure screen keeps every event as it is (nobody erased): it hands
+        back the very list it got then."""
+        screen = self.processor.screen
+        probe = [stub]
+        return screen is None or screen(probe) is probe
 
     def commit(self, prepared: Prepared, retries: int = 8) -> BatchResult:
         """Write the prepared rows the store does not contradict (applied already, an
@@ -148,15 +409,12 @@ class ColumnarApplier:
                 keep = [k for k in keep
                         if not any(x in known for x in rows.identifiers[candidates[k]])]
         screen = self.processor.screen
-        if screen is not None and keep:
-            # the screen hands back the very list it got when nobody is erased: then no
-            # row needs a stub event of its own
-            probe = [self._stub(prepared, keep[0])]
-            if screen(probe) is not probe:
-                stubs = {k: self._stub(prepared, k) for k in keep}
-                kept = {id(e) for e in screen(list(stubs.values()))}
-                keep = [k for k in keep if id(stubs[k]) in kept]  # dropped or anonymized:
-                #                                                   per event
+        if (screen is not None and keep
+                and not self._screen_passes(prepared.stub(keep[0], self.builder))):
+            stubs = {k: prepared.stub(k, self.builder) for k in keep}
+            kept = {id(e) for e in screen(list(stubs.values()))}
+            keep = [k for k in keep if id(stubs[k]) in kept]  # dropped or anonymized:
+            #                                                   per event
         chosen = {candidates[k] for k in keep}
         rest: list[Event] = []
         for line, index in chunk.order:
@@ -171,122 +429,21 @@ class ColumnarApplier:
             else:
                 rest.append(events[-1 - index])
         if keep:
-            columns, outbox = prepared.columns, prepared.outbox
             if len(keep) < len(candidates):
-                columns, outbox = _subset(columns, outbox, keep)
+                prepared = prepared.subset(keep)
             now = time.time()
-            tx.create_profile_columns(columns, now)
-            tx.mark_applied(columns.event_uids, now)
-            messages = [m for m in outbox if m is not None]
-            if messages:
-                tx.add_outbox(messages)
+            tx.create_profile_columns(prepared.columns, now)
+            tx.mark_applied(prepared.columns.event_uids, now)
+            outbox = prepared.messages()
+            if outbox is not None:
+                tx.add_outbox_packed(outbox)
         result.applied = result.profiles_created = len(keep)
         return result, rest
-
-    def _stub(self, prepared: Prepared, k: int) -> Event:
-        """Candidate ``k`` as an event with its identifiers: what the erasure screen reads."""
-        rows, i = prepared.chunk.rows, prepared.candidates[k]
-        return Event(id=f"{self.id_prefix}{rows.lines[i]}", source=self.import_source,
-                     type=self.event_type, time=rows.times[i],
-                     received_at=prepared.chunk.received_at, source_name=self.source,
-                     identifiers=list(rows.identifiers[i]), uid=prepared.uids[i])
-
-    def _build(self, prepared: Prepared) -> None:
-        """The candidates' columns and outbox messages.
-
-        The CloudEvent document and the ``profile.updated`` payload are assembled from
-        text pieces around the one part that needs serializing (the row's data, the
-        changed values): the same JSON as ``orjson.dumps`` of ``Event.to_cloudevent()``
-        and of the processor's ``_updated_event`` (``tests/imports/test_columnar.py``
-        holds them equal), at a fraction of the cost per row.
-        """
-        rows, candidates, received_at = (prepared.chunk.rows, prepared.candidates,
-                                         prepared.chunk.received_at)
-        processor = self.processor
-        priority = processor.survivorship.priority
-        sort = processor.resolver.sort
-        now = time.time()
-        source, etype = self.source, self.event_type
-
-        def q(text: str) -> str:
-            return orjson.dumps(text).decode()
-
-        ids = new_profile_ids(len(candidates))  # rising: to the end of every index
-        uids = [prepared.uids[i] for i in candidates]
-        times = [rows.times[i] for i in candidates]
-        dumps = orjson.dumps
-        doc_source = f'","source":{q(self.import_source)},"type":{q(etype)},"time":"'
-        doc_data = '","datacontenttype":"application/json","data":'
-        doc_tail = (f',"tesserasource":{q(source)},"tesserareceivedat":'
-                    f'"{self._iso(received_at)}"}}')
-        out_time = (',"source":"' + DERIVED_SOURCE + '","type":"profile.updated","time":')
-        out_data = (f',"received_at":{dumps(now).decode()},"source_name":"tessera",'
-                    f'"data":{{"profile_id":"')
-        out_cause = (f',"source":{q(self.import_source)},"uid":"')
-        out_type = f'","type":{q(etype)}}}}},"identifiers":[["profile_id","'
-        out_tail = ('","datacontenttype":"application/json","dataschema":null,'
-                    '"extensions":{},"specversion":"1.0","uid":"')
-        number: dict[float, str] = {}
-        orders: dict[tuple[str, ...], list[int]] = {}
-        first = itemgetter(0)
-        names: dict[str, tuple[str, int]] = {}
-        c = ProfileColumns(source=source, ids=ids, event_uids=uids,
-                           types=[etype] * len(candidates), times=times,
-                           received_at=[received_at] * len(candidates), documents=[],
-                           link_rows=[], link_types=[], link_values=[], trait_rows=[],
-                           trait_names=[], trait_values=[], trait_priorities=[])
-        outbox: list[tuple[str, str, str, bytes] | None] = []
-        blake = hashlib.blake2b
-        prefix = self.id_prefix
-        for r, i in enumerate(candidates):
-            idents = rows.identifiers[i]
-            traits = rows.traits[i]
-            uid = uids[r]
-            pid = ids[r]
-            event_id = f"{prefix}{rows.lines[i]}"
-            types = tuple(map(first, idents))
-            order = orders.get(types)
-            if order is None:  # the priority order of these types, found once a chunk
-                order = orders[types] = [idents.index(x) for x in sort(idents)]
-            for k in order:
-                type_, value = idents[k]
-                c.link_rows.append(r)
-                c.link_types.append(type_)
-                c.link_values.append(value)
-            changed: list[str] = []
-            for name, value in traits.items():
-                found = names.get(name)
-                if found is None:
-                    found = names[name] = (q(name), priority(name, source))
-                text = dumps(value).decode()  # str: see ProfileColumns
-                c.trait_rows.append(r)
-                c.trait_names.append(name)
-                c.trait_values.append(text)
-                c.trait_priorities.append(found[1])
-                changed.append(f'{found[0]}:{{"old":null,"new":{text}}}')
-            data = dumps({"traits": traits, "identifiers": dict(idents)}).decode()
-            c.documents.append(f'{{"specversion":"1.0","id":"{event_id}{doc_source}'
-                               f'{self._iso(times[r])}{doc_data}{data}{doc_tail}')
-            if changed:
-                updated_id = f"{uid}:profile.updated"
-                updated_uid = blake(_UPDATED_UID_SOURCE + updated_id.encode(),
-                                    digest_size=16).hexdigest()
-                at = number.get(times[r])
-                if at is None:
-                    at = number[times[r]] = dumps(times[r]).decode()
-                outbox.append((DERIVED_TOPIC, updated_uid, f"profile_id:{pid}", (
-                    f'{{"id":"{updated_id}"{out_time}{at}{out_data}{pid}","changed":'
-                    f'{{{",".join(changed)}}},"caused_by":{{"id":"{event_id}"{out_cause}'
-                    f'{uid}{out_type}{pid}"]],"subject":"{pid}{out_tail}{updated_uid}"}}'
-                ).encode()))
-            else:
-                outbox.append(None)
-        prepared.columns, prepared.outbox = c, outbox
 
 
 @dataclass(slots=True)
 class Prepared:
-    """A chunk with its bulk candidates built (:meth:`ColumnarApplier.prepare`)."""
+    """A chunk with its bulk candidates built (:meth:`ColumnarBuilder.prepare`)."""
 
     chunk: Chunk
     uids: list[str]
@@ -296,25 +453,66 @@ class Prepared:
     columns: ProfileColumns = field(
         default_factory=lambda: ProfileColumns("", *([] for _ in range(13))))
     """The candidates' profiles, row ``k`` is candidate ``k``."""
-    outbox: list[tuple[str, str, str, bytes] | None] = field(default_factory=list)
-    """Each candidate's ``profile.updated`` (None: it sets no trait)."""
+    records: list[str | None] = field(default_factory=list)
+    """Each candidate's ``profile.updated`` fields for ``template`` (None: it sets no trait)."""
+    template: Template | None = None
+
+    def messages(self) -> PackedMessages | None:
+        """The candidates' ``profile.updated`` messages, packed; None if there are none."""
+        records = [r for r in self.records if r is not None]
+        if not records or self.template is None:
+            return None
+        return PackedMessages.build(self.template, records)
+
+    def stub(self, k: int, builder: ColumnarBuilder) -> Event:
+        """Candidate ``k`` as an event with its identifiers: what the erasure screen reads."""
+        rows, i = self.chunk.rows, self.candidates[k]
+        return Event(id=f"{builder.id_prefix}{rows.lines[i]}", source=builder.import_source,
+                     type=builder.event_type, time=rows.times[i],
+                     received_at=self.chunk.received_at, source_name=builder.source,
+                     identifiers=list(rows.identifiers[i]), uid=self.uids[i])
+
+    def subset(self, keep: list[int]) -> Prepared:
+        """The candidates ``keep`` (rising positions) with their columns and records."""
+        c = self.columns
+        new = {k: n for n, k in enumerate(keep)}
+        links = [j for j, r in enumerate(c.link_rows) if r in new]
+        traits = [j for j, r in enumerate(c.trait_rows) if r in new]
+        columns = ProfileColumns(
+            source=c.source, ids=[c.ids[k] for k in keep],
+            event_uids=[c.event_uids[k] for k in keep],
+            types=[c.types[k] for k in keep], times=[c.times[k] for k in keep],
+            received_at=[c.received_at[k] for k in keep],
+            documents=[c.documents[k] for k in keep],
+            link_rows=[new[c.link_rows[j]] for j in links],
+            link_types=[c.link_types[j] for j in links],
+            link_values=[c.link_values[j] for j in links],
+            trait_rows=[new[c.trait_rows[j]] for j in traits],
+            trait_names=[c.trait_names[j] for j in traits],
+            trait_values=[c.trait_values[j] for j in traits],
+            trait_priorities=[c.trait_priorities[j] for j in traits],
+        )
+        return Prepared(self.chunk, self.uids, [self.candidates[k] for k in keep], columns,
+                        [self.records[k] for k in keep], self.template)
 
 
-def _subset(c: ProfileColumns, outbox: list[tuple[str, str, str, bytes] | None],
-            keep: list[int]) -> tuple[ProfileColumns, list[tuple[str, str, str, bytes] | None]]:
-    """The columns and messages of the candidates ``keep`` (rising positions)."""
-    new = {k: n for n, k in enumerate(keep)}
-    links = [j for j, r in enumerate(c.link_rows) if r in new]
-    traits = [j for j, r in enumerate(c.trait_rows) if r in new]
-    return ProfileColumns(
-        source=c.source, ids=[c.ids[k] for k in keep], event_uids=[c.event_uids[k] for k in keep],
-        types=[c.types[k] for k in keep], times=[c.times[k] for k in keep],
-        received_at=[c.received_at[k] for k in keep], documents=[c.documents[k] for k in keep],
-        link_rows=[new[c.link_rows[j]] for j in links],
-        link_types=[c.link_types[j] for j in links],
-        link_values=[c.link_values[j] for j in links],
-        trait_rows=[new[c.trait_rows[j]] for j in traits],
-        trait_names=[c.trait_names[j] for j in traits],
-        trait_values=[c.trait_values[j] for j in traits],
-        trait_priorities=[c.trait_priorities[j] for j in traits],
-    ), [outbox[k] for k in keep]
+@dataclass(slots=True)
+class Ahead:
+    """A chunk as the reading process hands it to the writer (:meth:`ColumnarBuilder.ahead`):
+    plain bytes and text, cheap to send between processes and to unpickle."""
+
+    count: int
+    """Records of the chunk (rows and events)."""
+    rejected: list[tuple[int, str, Any]]
+    start: Position
+    """Where the chunk begins: the writer reads it again from here when it must."""
+    end: Position | None
+    """The position after the chunk (None: the end of the file)."""
+    candidates: int
+    packed: Any
+    """The store's packed write of every row (None: the writer reads the chunk again)."""
+    outbox: PackedMessages | None
+    stub: Event | None
+    """The first row as the erasure screen reads it."""
+    prepared: bytes | None = None
+    """The :class:`Prepared` chunk pickled, when there is no packed write."""

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from itertools import repeat
 from pathlib import Path
 from typing import Any, Literal
@@ -39,8 +40,9 @@ from tessera.bus.base import Bus, Message
 from tessera.events import EVENTS_TOPIC
 from tessera.events.envelope import Event, event_uid
 from tessera.identity.extract import Identifier, IdentifierExtractor, get_path
+from tessera.imports.ahead import ReadAhead, ReadAheadError
 from tessera.imports.bulk import BulkApplier
-from tessera.imports.columnar import Chunk, ColumnarApplier, Prepared, Rows
+from tessera.imports.columnar import Ahead, Chunk, ColumnarApplier, ColumnarBuilder, Prepared, Rows
 from tessera.imports.mapping import ImportMapping
 from tessera.imports.readers import (
     Block,
@@ -61,6 +63,9 @@ Mode = Literal["direct", "bus"]
 IMPORT_SOURCE = "tessera/imports"
 PROFILE_EVENT_TYPE = "tessera.import.profile"
 CHECKPOINT_VERSION = 1
+READ_AHEAD_BYTES = 8 << 20
+"""From this much file left on, a columnar import reads in a process of its own
+(:mod:`.ahead`); below, starting one costs more than it saves."""
 Progress = Callable[[int, int], None]
 """Called with (done, total) in the file's unit: bytes (CSV, JSONL) or rows (Parquet)."""
 
@@ -165,6 +170,7 @@ class ImportJob:
         log_events: bool = True,
         bulk: bool = True,
         columnar: bool = True,
+        read_ahead: bool | None = None,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
@@ -203,6 +209,7 @@ class ImportJob:
         self.uid_prefix: str | None = None
         """None: the rows' uids are :func:`event_uid` hashes (:attr:`ImportSummary.uids`)."""
         self.columnar: ColumnarApplier | None = None
+        self._builder: ColumnarBuilder | None = None
         """Profile rows of plain CSV kept as columns to the store (:mod:`.columnar`)."""
         if (columnar and bulk and mode == "direct" and not self.log_events
                 and self.format == "csv" and mapping.kind == "profiles"
@@ -211,9 +218,10 @@ class ImportJob:
                 and "previous_id" not in mapping.identifiers
                 # configured trait mappings would read more traits out of these events
                 and not processor.traits._mappings_for(PROFILE_EVENT_TYPE)):
-            self.columnar = ColumnarApplier(processor, source, IMPORT_SOURCE,
-                                            f"{self.import_id}:", PROFILE_EVENT_TYPE,
-                                            self._profile_event)
+            builder = ColumnarBuilder(processor, source, IMPORT_SOURCE, f"{self.import_id}:",
+                                      PROFILE_EVENT_TYPE)
+            self.columnar = ColumnarApplier(processor, builder, self._profile_event)
+        self.read_ahead = read_ahead
         self._use_uids("ordered")
 
     # -- checkpoint ----------------------------------------------------------
@@ -337,7 +345,7 @@ class ImportJob:
         self.uid_prefix = (import_uid_prefix(self.source, self.import_id)
                            if scheme == "ordered" else None)
         if self.columnar is not None:
-            self.columnar.uid_prefix = self.uid_prefix
+            self.columnar.builder.uid_prefix = self.uid_prefix
 
     def _uid_scheme(self) -> str:
         """For a run without a checkpoint: ``hashed`` when the store holds an earlier
@@ -507,7 +515,7 @@ class ImportJob:
                     ) -> tuple[Prepared, list[tuple[int, str, Any]], Position | None]:
         """The next block mapped and prepared for the store (:meth:`ColumnarApplier.prepare`),
         its rejects, and the position after it (None at the end of the file)."""
-        assert self.columnar is not None
+        assert self.builder is not None
         chunk = Chunk(Rows(), [], time.time())
         rejected: list[tuple[int, str, Any]] = []
         end: Position | None = None
@@ -515,7 +523,49 @@ class ImportJob:
             self._map_block(block, chunk, event_time, rejected)
             end = block.end
             break
-        return self.columnar.prepare(chunk), rejected, end
+        return self.builder.prepare(chunk), rejected, end
+
+    def _next_prepared(self, blocks: Any, event_time: float
+                       ) -> tuple[Prepared, list[tuple[int, str, Any]], Position | None, int]:
+        """:meth:`_next_chunk` with the chunk's number of records, as :meth:`ReadAhead.next`."""
+        prepared, rejected, end = self._next_chunk(blocks, event_time)
+        chunk = prepared.chunk
+        return prepared, rejected, end, len(chunk.rows.lines) + len(chunk.events)
+
+    def _reread(self, ahead: Ahead, event_time: float) -> Prepared:
+        """The chunk of ``ahead`` read and prepared here: for the writer, when the packed
+        write of the reading process cannot serve (a row known, applied or erased)."""
+        blocks = read_csv_blocks(self.path, ahead.start, self.batch_size,
+                                 sorted(self.mapping.columns()))
+        prepared, _, end = self._next_chunk(blocks, event_time)
+        if end != ahead.end:
+            raise ImportError_(f"{self.path.name}: the file changed during the import "
+                               f"(line {ahead.start.line} onwards read differently)")
+        return prepared
+
+    def _reads_ahead(self, remaining: int) -> bool:
+        """Whether chunks are read, mapped and packed in a process of their own: asked
+        (``read_ahead``), or by default when what remains of the file is large enough to
+        repay starting one (about half a second)."""
+        if self.read_ahead is not None:
+            return self.read_ahead
+        return remaining >= READ_AHEAD_BYTES
+
+    @property
+    def builder(self) -> ColumnarBuilder | None:
+        return self.columnar.builder if self.columnar is not None else self._builder
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The job as its reading process (:mod:`.ahead`) gets it: what reading, mapping and
+        building chunks needs, without the store, processor, bus or threads."""
+        state = {k: v for k, v in self.__dict__.items()
+                 if k not in ("store", "processor", "bus", "bulk", "columnar", "_writer")}
+        state["_builder"] = self.builder
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.columnar = self.bulk = None
 
     def _check_columns(self, first: Record | None) -> None:
         """Fail fast when a mapped column is missing from a CSV header or Parquet schema."""
@@ -580,36 +630,46 @@ class ImportJob:
         # wrote, so writes taking turns on the default executor's threads would each
         # start from a cold cache (every page of an index of random keys read again)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="import-writer")
+        rejects = open(self.rejects_path, "ab")  # noqa: SIM115 - closed below
+        reader: ReadAhead | None = None
+        fetch: Callable[[], tuple[Any, list[tuple[int, str, Any]], Position | None, int]] | None
+        commit: Callable[[Any], BatchResult] | None = None
+        if self.columnar is None:
+            fetch = None
+        elif self._reads_ahead(total - start.offset):
+            reader = ReadAhead(self, start, summary.event_time)
+            fetch = reader.next
+            commit = partial(self.columnar.commit_ahead,
+                             reread=partial(self._reread, event_time=summary.event_time))
+        else:
+            fetch, commit = partial(self._next_prepared, records, summary.event_time), \
+                self.columnar.commit
         ahead: asyncio.Future[Any] | None = None
         """The columnar path's next chunk, read and prepared while the store writes one."""
-        rejects = open(self.rejects_path, "ab")  # noqa: SIM115 - closed below
         try:
             for _ in range(total + 2):  # each round consumes at least one record
                 try:
-                    if self.columnar is not None:
+                    if fetch is not None:
                         if ahead is None:
-                            ahead = asyncio.ensure_future(asyncio.to_thread(
-                                self._next_chunk, records, summary.event_time))
-                        prepared, rejected, pos = await ahead
+                            ahead = asyncio.ensure_future(asyncio.to_thread(fetch))
+                        prepared, rejected, pos, count = await ahead
                         ahead = None
-                        count = len(prepared.chunk.rows.lines) + len(prepared.chunk.events)
                         first = None
                     else:
                         batch, rejected, pos, first = await asyncio.to_thread(
                             self._next_batch, records, summary.event_time)
                         count = len(batch)
-                except ReaderError as exc:
+                except (ReaderError, ReadAheadError) as exc:
                     raise ImportError_(str(exc)) from None
                 if not checked:
                     await asyncio.to_thread(self._check_columns, first)
                     checked = True
                 if not count and not rejected and pos is None:
                     break
-                if self.columnar is not None:
+                if fetch is not None and commit is not None:
                     if pos is not None:  # the other core reads and maps the next chunk
-                        ahead = asyncio.ensure_future(asyncio.to_thread(
-                            self._next_chunk, records, summary.event_time))
-                    self._count(summary, await self._write(self.columnar.commit, prepared))
+                        ahead = asyncio.ensure_future(asyncio.to_thread(fetch))
+                    self._count(summary, await self._write(commit, prepared))
                 else:
                     await self._apply(batch, summary)
                 for line, reason, raw in rejected:
@@ -634,6 +694,8 @@ class ImportJob:
                 progress(total, total)
             return summary
         finally:
+            if reader is not None:
+                reader.close()
             if ahead is not None:  # stopped or failed: a chunk read ahead is not applied
                 with contextlib.suppress(Exception):
                     await ahead

@@ -1,0 +1,164 @@
+"""The import's reading process: chunks built and packed beside the writer.
+
+The store must end up as an import without a reading process leaves it: new people
+written as the process packed them, every other chunk read again by the writer (a
+known person, an erased one), and a reading process that dies costs no row and
+applies none twice.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tessera.events.envelope import Event
+from tessera.imports.columnar import Chunk, Rows
+from tessera.imports.job import ImportError_, ImportJob
+from tessera.imports.readers import Position, read_csv_blocks
+from tessera.privacy.erasure import erase_person
+from tessera.runtime import Runtime
+from tests.imports.conftest import CONFIG
+from tests.imports.test_bulk import HEADER, MAPPING, canonical
+from tests.imports.test_import import job, numbered, traits, write_csv
+
+
+def people(n: int) -> list[list[str]]:
+    """:func:`numbered` rows with a time of their own (the ``Updated`` column)."""
+    return [[*row, str(1_700_000_000 + i)] for i, row in enumerate(numbered(n))]
+
+KNOWN = Event(id="k1", source="membership", type="member.updated", time=1_600_000_000.0,
+              received_at=1.0, source_name="membership",
+              data={"traits": {"first_name": "Kay"}},
+              identifiers=[("member_number", "M57")])
+
+
+async def import_into(tmp_path: Path, name: str, file: Path, read_ahead: bool,
+                      before: list[Event] | None = None, erase: str | None = None,
+                      ) -> tuple[dict[str, Any], tuple[int, ...], int]:
+    """Import ``file`` in 20-row chunks into a fresh data directory: its canonical
+    content, the summary's counts and the chunks written packed."""
+    rt = Runtime(CONFIG, tmp_path / name)
+    await rt.start()
+    try:
+        if before:
+            rt.processor.apply(before)
+        if erase is not None:
+            await erase_person(rt, ("email", erase), "test")
+        made = job(rt, file, MAPPING, batch_size=20, log_events=False, read_ahead=read_ahead)
+        assert made.columnar is not None
+        summary = await made.run()
+        counts = (summary.rows, summary.imported, summary.duplicates, summary.rejected,
+                  summary.profiles_created)
+        return canonical(rt), counts, made.columnar.packed
+    finally:
+        await rt.close()
+
+
+async def test_new_people_are_written_as_packed_and_equal_an_import_without_the_process(
+        tmp_path: Path) -> None:
+    file = write_csv(tmp_path / "people.csv", people(100), HEADER)
+    ahead, counts, packed = await import_into(tmp_path, "ahead", file, True)
+    here, counts_here, packed_here = await import_into(tmp_path, "here", file, False)
+    assert packed == 5 and packed_here == 0  # every chunk packed by the reading process
+    assert counts == counts_here == (100, 100, 0, 0, 100)
+    assert ahead == here
+
+
+async def test_a_chunk_the_store_contradicts_is_read_again_by_the_writer(
+        tmp_path: Path) -> None:
+    """Line 59 (member M57) names a known person: its chunk (lines 42 to 61) is not
+    written as packed; the writer reads it again and M57 joins the known person."""
+    file = write_csv(tmp_path / "people.csv", people(100), HEADER)
+    ahead, counts, packed = await import_into(tmp_path, "ahead", file, True, [KNOWN])
+    here, counts_here, _ = await import_into(tmp_path, "here", file, False, [KNOWN])
+    assert packed == 4
+    assert counts == counts_here == (100, 100, 0, 0, 99)
+    assert ahead == here
+    joined = ahead["profiles"][frozenset({("member_number", "M57"), ("email", "u57@x.io")})]
+    assert joined["traits"]["first_name"][:2] == ("Kay", "membership")
+
+
+async def test_an_erased_person_is_screened_as_without_the_process(tmp_path: Path) -> None:
+    file = write_csv(tmp_path / "people.csv", people(60), HEADER)
+    before = [Event(id="e1", source="crm", type="contact", time=1.0, received_at=1.0,
+                    source_name="crm", data={}, identifiers=[("email", "u7@x.io")])]
+    ahead, counts, packed = await import_into(tmp_path, "ahead", file, True, before, "u7@x.io")
+    here, counts_here, _ = await import_into(tmp_path, "here", file, False, before, "u7@x.io")
+    assert packed == 0  # the screen is not empty: every chunk goes through it row by row
+    assert counts == counts_here
+    assert ahead == here
+    assert not any(("email", "u7@x.io") in key for key in ahead["profiles"])
+
+
+async def test_a_killed_reading_process_loses_no_row_and_applies_none_twice(
+        runtime: Runtime, tmp_path: Path) -> None:
+    """The reading process is killed after the first chunk was committed: the import
+    fails naming it; run again, it resumes after the last committed chunk and every row
+    is applied exactly once."""
+    file = write_csv(tmp_path / "people.csv", numbered(300))
+    first = job(runtime, file, batch_size=20, log_events=False, read_ahead=True)
+    pids: list[int] = []
+
+    def kill_reader(done: int, total: int) -> None:
+        if not pids:
+            found = [int(p) for p in os.listdir("/proc") if p.isdigit() and _is_reader(p)]
+            assert len(found) == 1
+            pids.append(found[0])
+            os.kill(found[0], signal.SIGKILL)
+
+    with pytest.raises(ImportError_, match="reading process ended"):
+        await first.run(progress=kill_reader)
+    assert pids
+    applied = runtime.store.counts()["events_applied"]
+    assert 20 <= applied < 300
+    second = await job(runtime, file, batch_size=20, log_events=False, read_ahead=True).run()
+    assert second.done and second.resumed_from_line > 2
+    counts = runtime.store.counts()
+    assert counts["events_applied"] == 300 and counts["profiles"] == 300
+    assert traits(runtime, "member_number:M299") == {"first_name": "n", "lifetime_value": 299.0}
+
+
+def _is_reader(pid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"tessera.imports.ahead" in fh.read()
+    except OSError:
+        return False
+
+
+async def test_the_job_pickles_without_its_store_and_maps_the_same(
+        runtime: Runtime, tmp_path: Path) -> None:
+    """What the reading process gets: no store, processor or bus, and the same chunks."""
+    file = write_csv(tmp_path / "people.csv", numbered(10))
+    made = job(runtime, file, log_events=False)
+    copy = pickle.loads(pickle.dumps(made))
+    assert copy.store is None if hasattr(copy, "store") else True
+    assert not hasattr(copy, "processor") and copy.columnar is None
+
+    def chunk_of(j: ImportJob) -> Chunk:
+        blocks = read_csv_blocks(file, Position(), 100, sorted(j.mapping.columns()))
+        return j._next_chunk(blocks, 1.0)[0].chunk
+
+    mine, theirs = chunk_of(made), chunk_of(copy)
+    assert isinstance(theirs.rows, Rows)
+    assert (theirs.rows.lines, theirs.rows.identifiers, theirs.rows.traits) == (
+        mine.rows.lines, mine.rows.identifiers, mine.rows.traits)
+
+
+async def test_a_small_file_is_read_in_process_unless_asked(
+        runtime: Runtime, tmp_path: Path) -> None:
+    file = write_csv(tmp_path / "people.csv", numbered(30))
+    small = job(runtime, file, batch_size=10, log_events=False)
+    await small.run()
+    assert small.columnar is not None and small.columnar.packed == 0
+    others = [[f"v{i}@y.io", f"N{i}", "n", str(i)] for i in range(30)]
+    asked = job(runtime, write_csv(tmp_path / "more.csv", others),
+                batch_size=10, log_events=False, read_ahead=True)
+    await asked.run()
+    assert asked.columnar is not None and asked.columnar.packed == 3
+    assert runtime.store.counts()["profiles"] == 60
