@@ -24,7 +24,7 @@ from tessera.privacy.erasure import erase_person
 from tessera.runtime import Runtime
 from tests.imports.conftest import CONFIG
 from tests.imports.test_bulk import HEADER, MAPPING, canonical
-from tests.imports.test_import import job, numbered, traits, write_csv
+from tests.imports.test_import import job, numbered, stop_after, traits, write_csv
 
 
 def people(n: int) -> list[list[str]]:
@@ -162,3 +162,18 @@ async def test_a_small_file_is_read_in_process_unless_asked(
     await asked.run()
     assert asked.columnar is not None and asked.columnar.packed == 3
     assert runtime.store.counts()["profiles"] == 60
+
+
+async def test_a_stopped_import_ends_its_reading_process_and_resumes(
+        runtime: Runtime, tmp_path: Path) -> None:
+    """Stopped as Ctrl-C stops it (after the second chunk): no reading process is left,
+    and the next run resumes after the committed chunks and applies each row once."""
+    file = write_csv(tmp_path / "people.csv", numbered(200))
+    stop, progress = stop_after(2)
+    first = await job(runtime, file, batch_size=20, log_events=False,
+                      read_ahead=True).run(progress=progress, stop=stop)
+    assert not first.done and first.imported == 40
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_reader(p)]
+    second = await job(runtime, file, batch_size=20, log_events=False, read_ahead=True).run()
+    assert second.done and second.resumed_from_line == 41 and second.imported == 200
+    assert runtime.store.counts()["events_applied"] == 200

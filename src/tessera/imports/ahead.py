@@ -62,7 +62,10 @@ class ReadAhead:
         self._process = subprocess.Popen(
             [sys.executable, "-c", "from tessera.imports.ahead import main; main()"],
             stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, bufsize=0)
+            stdout=subprocess.PIPE, bufsize=0,
+            # not in the terminal's process group: Ctrl-C stops the import after its
+            # current chunk (the writer's decision), and close() ends this process
+            start_new_session=True)
         assert self._process.stdin is not None and self._process.stdout is not None
         self._out = self._process.stdout
         spec = pickle.dumps((job, start, event_time), protocol=pickle.HIGHEST_PROTOCOL)
