@@ -68,3 +68,21 @@ def test_same_source_and_id_from_two_write_keys_are_two_events() -> None:
 
 def test_identifier_with_nul_is_dropped() -> None:
     assert extractor().normalize("user_id", "u\x001") is None
+
+
+def test_normalizing_a_column_gives_what_normalizing_each_value_gives() -> None:
+    """The import normalizes whole columns: the same values, Nones and all, per type."""
+    from tessera.config import parse_config
+
+    config = parse_config({"identity": {
+        "blocked_values": ["N/A", "none@example.com"], "blocked_patterns": ["^0+$"],
+        "identifiers": [{"type": "member_number", "normalize": "lower", "paths": ["m"]}]}})
+    ex = IdentifierExtractor(config)
+    raws: list[object] = [
+        " A@B.com ", "MAILTO:x@y.io", "mailto:", "a b@c.io", "no-at", "@c.io", "a@c", "",
+        "   ", "n/a", "None@Example.com", "000", "x\x00y", "é@ü.de", "M123", " m-9 ",
+        "x" * 513, 12, 12.0, 12.5, True, None, ["list"], "+1 650 253 0000", "0", "Ab",
+    ]
+    assert ex._mode["member_number"] == "lower"
+    for type_ in ("email", "member_number", "user_id", "phone", "anonymous_id", "unknown"):
+        assert ex.normalize_column(type_, raws) == [ex.normalize(type_, r) for r in raws], type_

@@ -434,10 +434,10 @@ class ImportJob:
         cols = block.columns
         if any(len(columns) != 1 for _, columns in self._idents):
             return False
-        normalize, convert = self.extractor.normalize, self.mapping.convert
+        convert = self.mapping.convert
         types = [t for t, _ in self._idents]
         try:
-            idents_by_type = [list(map(normalize, repeat(t), cols[columns[0]]))
+            idents_by_type = [self.extractor.normalize_column(t, cols[columns[0]])
                               for t, columns in self._idents]
             values_by_trait = []
             for name, column in self._traits:
