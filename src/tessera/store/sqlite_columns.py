@@ -103,14 +103,15 @@ def pack_new_profiles(columns: ProfileColumns, at: float) -> PackedProfiles | No
     tables.append((p, "INSERT INTO applied (event_uid, at)", [f"{uid} AS u", p.const(at)],
                    n, "u"))
     packed = PackedProfiles(tables)
-    packed.probes.append(_select(p, f"SELECT 1 FROM applied WHERE event_uid IN "
-                                    f"(SELECT {uid} FROM {{rows}}) LIMIT 1", n))
+    # joins, not IN (subquery): SQLite would first copy the subquery's rows into a
+    # temporary index (measured: 1.8 us a profile against 0.9 for the identities)
+    packed.probes.append(_select(p, f"SELECT 1 FROM (SELECT {uid} AS u FROM {{rows}}) "
+                                    f"JOIN applied ON event_uid = u LIMIT 1", n))
     for q, head, exprs, rows, _ in tables:
         if head.startswith("INSERT INTO identities"):  # the same packed type and value
-            type_, value = (e.removesuffix(" AS t").removesuffix(" AS v") for e in exprs[:2])
-            packed.probes.append(_select(q, f"SELECT 1 FROM identities WHERE (type, value) IN "
-                                            f"(SELECT {type_}, {value} FROM {{rows}}) LIMIT 1",
-                                         rows))
+            packed.probes.append(_select(
+                q, f"SELECT 1 FROM (SELECT {exprs[0]}, {exprs[1]} FROM {{rows}}) "
+                   f"JOIN identities ON type = t AND value = v LIMIT 1", rows))
     return packed
 
 
