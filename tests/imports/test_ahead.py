@@ -177,3 +177,74 @@ async def test_a_stopped_import_ends_its_reading_process_and_resumes(
     second = await job(runtime, file, batch_size=20, log_events=False, read_ahead=True).run()
     assert second.done and second.resumed_from_line == 41 and second.imported == 200
     assert runtime.store.counts()["events_applied"] == 200
+
+
+def test_the_cli_imports_with_a_reading_process_when_asked(tmp_path: Path) -> None:
+    """``tessera import --read-ahead`` on the default configuration: every row applied,
+    the summary printed, no reading process left."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from tessera.cli import app as cli_app
+
+    file = write_csv(tmp_path / "people.csv", numbered(120))
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text(yaml.safe_dump({"identifiers": {"email": "Email",
+                                                       "user_id": "MemberNo"},
+                                       "traits": {"first_name": "FirstName"}}))
+    result = CliRunner().invoke(cli_app, [
+        "import", str(file), "--source", "crm", "--mapping", str(mapping), "--no-log",
+        "--read-ahead", "--batch-size", "50", "--no-progress",
+        "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
+    assert "done" in result.output and "120" in result.output
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_reader(p)]
+    store = Runtime(CONFIG, tmp_path / "data").store
+    try:
+        assert store.counts()["profiles"] == 120
+    finally:
+        store.close()
+
+
+async def test_an_encrypted_store_gets_every_chunk_sealed_not_packed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encrypting wrapper has no packer: the reading process sends prepared chunks,
+    the wrapper seals every personal trait and message, and nothing is written packed."""
+    import base64
+
+    from tessera.config import EncryptionConfig, PrivacyConfig
+
+    monkeypatch.setenv("TESSERA_PII_KEYS", "k1:" + base64.b64encode(b"1" * 32).decode())
+    config = CONFIG.model_copy(update={"privacy": PrivacyConfig(
+        encryption=EncryptionConfig(enabled=True, traits=["first_name"]))})
+    rows = [[f"s{i}@x.io", f"S{i}", f"secretname{i:04d}", str(i)] for i in range(60)]
+    file = write_csv(tmp_path / "people.csv", rows)
+    rt = Runtime(config, tmp_path / "data")
+    await rt.start()
+    try:
+        assert rt.store.column_packer() is None
+        made = job(rt, file, batch_size=20, log_events=False, read_ahead=True)
+        summary = await made.run()
+        assert made.columnar is not None and made.columnar.packed == 0
+        assert summary.imported == 60 and rt.store.counts()["profiles"] == 60
+        assert traits(rt, "member_number:S7")["first_name"] == "secretname0007"
+    finally:
+        await rt.close()
+    files = b"".join(p.read_bytes() for p in (tmp_path / "data").glob("store.db*"))
+    assert b"secretname" not in files
+
+
+async def test_an_import_run_again_finds_every_packed_chunk_applied(
+        runtime: Runtime, tmp_path: Path) -> None:
+    """Restarted without its checkpoint, every chunk's events are applied already: the
+    writer's probe refuses each packed write and the rows count as duplicates."""
+    file = write_csv(tmp_path / "people.csv", numbered(80))
+    first = job(runtime, file, batch_size=20, log_events=False, read_ahead=True)
+    await first.run()
+    assert first.columnar is not None and first.columnar.packed == 4
+    again = job(runtime, file, batch_size=20, log_events=False, read_ahead=True,
+                restart=True)
+    summary = await again.run()
+    assert again.columnar is not None and again.columnar.packed == 0
+    assert (summary.imported, summary.duplicates) == (0, 80)
+    assert runtime.store.counts()["events_applied"] == 80

@@ -75,6 +75,9 @@ def import_command(
                                            "--no-log, CSV profiles: keep rows as columns to "
                                            "the store (same result; --no-columnar: the bulk "
                                            "path)")] = True,
+    read_ahead: Annotated[bool | None, typer.Option(
+        "--read-ahead/--no-read-ahead", help="columnar path: read, map and pack chunks in "
+        "a process of their own (default: for files of 8 MiB and more)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=100_000)] = 5000,
     rejects: Annotated[Path | None, typer.Option(help="Where rejected rows go (JSONL; default "
                                                  "in the data directory)")] = None,
@@ -99,7 +102,7 @@ def import_command(
     runtime = _runtime(config, data_dir_)
     job = build_job(runtime, file, source, mapping, fmt=format_, mode=mode,
                     batch_size=batch_size, rejects_path=rejects, restart=restart,
-                    log_events=log, bulk=bulk, columnar=columnar)
+                    log_events=log, bulk=bulk, columnar=columnar, read_ahead=read_ahead)
 
     async def main() -> ImportSummary:
         await runtime.start()

@@ -1,4 +1,4 @@
-"""Packing new profiles for SQLite away from the writer (tessera.store.sqlite_columns)."""
+"""Differing floats packed for SQLite exactly (tessera.store.sqlite_columns.numbers)."""
 
 from __future__ import annotations
 
