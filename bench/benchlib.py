@@ -658,7 +658,7 @@ def hot_spots(raw: Path, name: str, top: int = 8, gil: bool = False) -> str:
 
 
 def spy_on(server: Tessera, out_dir: str | None, mode: str = "wall") -> Spy | None:
-    """Sample ``tessera serve`` (the API process and its worker child), if asked to."""
+    """Sample ``tessera serve`` (the API process and its processors), if asked to."""
     if not out_dir:
         return None
     return Spy(server_pids(server), Path(out_dir), mode)
@@ -716,8 +716,17 @@ class CpuMeter:
 
 
 def server_pids(server: Tessera) -> dict[str, int]:
-    pids = server.pids()
-    names = {"api": pids[0]}
-    if len(pids) > 1:
-        names["worker"] = pids[1]
-    return names
+    """The API process and each processor process of ``tessera serve``, by name (``api``,
+    and the name after ``--processors``: ``profiles``, ``activation``, ...)."""
+    out = {"api": server.pids()[0]}
+    for pid in server.pids()[1:]:
+        with contextlib.suppress(OSError):
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"--processors" in args:
+                out[args[args.index(b"--processors") + 1].decode()] = pid
+    return out
+
+
+def processors_cpu(cpu: dict[str, float]) -> float:
+    """CPU seconds of every processor process (everything but the API) in ``cpu``."""
+    return sum(seconds for name, seconds in cpu.items() if name != "api")

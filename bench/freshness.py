@@ -44,6 +44,7 @@ from benchlib import (
     machine_line,
     open_loop,
     post_head,
+    processors_cpu,
     server_pids,
     spy_on,
     verdict,
@@ -258,11 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         f" (missed {result['probes_missed']}, skipped {result['probes_skipped']})"
         f"  target p99 <= {TARGET_P99_MS:.0f} ms: {verdict(lat['p99'], TARGET_P99_MS, False)}"
     )
-    worker_us = cpu.get("worker", 0.0) / max(1, result["events_sent"]) * 1e6
+    processors = processors_cpu(cpu)
+    worker_us = processors / max(1, result["events_sent"]) * 1e6
     print(
         f"  CPU during the measurement: API {cpu.get('api', 0.0):.1f} s,"
-        f" worker {cpu.get('worker', 0.0):.1f} s = {worker_us:.0f} us/event sent"
-        f" ({result['polls']:,} polls)"
+        f" processors {processors:.1f} s = {worker_us:.0f} us/event sent"
+        f" (profiles {cpu.get('profiles', 0.0):.1f} s; {result['polls']:,} polls)"
     )
     print(
         f"  worker lag when the last batch was sent: {result['lag_at_end']} events"

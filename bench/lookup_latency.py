@@ -45,6 +45,7 @@ from benchlib import (
     open_loop,
     population,
     post_head,
+    processors_cpu,
     send_stream,
     server_pids,
     spy_on,
@@ -206,12 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     lookups = sum(result["statuses"].values())
     api_ms = cpu.get("api", 0.0) / max(1, lookups) * 1000
-    worker = "worker" if args.ingest_rate else "idle worker"
+    worker = "processors" if args.ingest_rate else "idle processors"
     ingest = " (ingest included)" if args.ingest_rate else ""
     print(
         f"  CPU during the measurement: API {cpu.get('api', 0.0):.1f} s ="
         f" {api_ms:.2f} ms/lookup{ingest} (one core to itself: about {1000 / api_ms:,.0f}"
-        f" lookups/s), {worker} {cpu.get('worker', 0.0):.1f} s"
+        f" lookups/s), {worker} {processors_cpu(cpu):.1f} s"
     )
     late = result["generator_late_ms"]
     print(f"  generator start lag: p99 {late['p99']:.2f} ms, max {late['max']:.2f} ms")

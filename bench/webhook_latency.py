@@ -51,6 +51,7 @@ from benchlib import (
     machine_line,
     open_loop,
     post_head,
+    server_pids,
     verdict,
     write_json,
 )
@@ -173,17 +174,6 @@ def config_file(directory: Path, receiver: Receiver, shape: str,
     return path
 
 
-def processes(server: Tessera) -> dict[str, int]:
-    """The API process and each processor of ``tessera serve`` (``--processors NAME``)."""
-    out = {"api": server.pids()[0]}
-    for pid in server.pids()[1:]:
-        with contextlib.suppress(OSError):
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if b"--processors" in args:
-                out[args[args.index(b"--processors") + 1].decode()] = pid
-    return out
-
-
 def batch_body(i: int, batch: int, people: int) -> tuple[list[str], bytes]:
     ids = [f"b{i}-{k}" for k in range(batch)]
     events = [{
@@ -285,7 +275,7 @@ def main() -> int:
         port = free_port()
         with Tessera(["serve", "--config", str(cfg)], work / "data", port).start() as t:
             wait_first_webhook(port, receiver)
-            pids = processes(t)
+            pids = server_pids(t)
             if args.profile:
                 spy = Spy({"activation": pids["activation"]}, Path(args.profile),
                           args.profile_mode)
