@@ -248,3 +248,14 @@ async def test_an_import_run_again_finds_every_packed_chunk_applied(
     assert again.columnar is not None and again.columnar.packed == 0
     assert (summary.imported, summary.duplicates) == (0, 80)
     assert runtime.store.counts()["events_applied"] == 80
+
+
+async def test_an_import_reads_in_process_when_no_reading_process_can_start(
+        runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tessera.imports.ahead.sys.executable", str(tmp_path / "no-python"))
+    file = write_csv(tmp_path / "people.csv", numbered(50))
+    made = job(runtime, file, batch_size=20, log_events=False, read_ahead=True)
+    summary = await made.run()
+    assert made.columnar is not None and made.columnar.packed == 0
+    assert summary.done and summary.imported == 50
+    assert runtime.store.counts()["profiles"] == 50

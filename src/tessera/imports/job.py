@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
+import structlog
 
 from tessera.bus.base import Bus, Message
 from tessera.events import EVENTS_TOPIC
@@ -59,6 +60,7 @@ from tessera.processing.profiles import BatchResult, ProfileProcessor
 from tessera.profiles.traits import MAX_TRAITS_PER_EVENT
 from tessera.store.base import Store
 
+log = structlog.get_logger("tessera.imports")
 Mode = Literal["direct", "bus"]
 IMPORT_SOURCE = "tessera/imports"
 PROFILE_EVENT_TYPE = "tessera.import.profile"
@@ -543,6 +545,16 @@ class ImportJob:
                                f"(line {ahead.start.line} onwards read differently)")
         return prepared
 
+    def _start_reader(self, start: Position, event_time: float) -> ReadAhead | None:
+        """The reading process, or None (the import reads in process) when no process
+        can be started here (no interpreter to run, a limit on processes)."""
+        try:
+            return ReadAhead(self, start, event_time)
+        except OSError as exc:
+            log.warning("import.reading_process_unavailable", import_id=self.import_id,
+                        error=str(exc))
+            return None
+
     def _reads_ahead(self, remaining: int) -> bool:
         """Whether chunks are read, mapped and packed in a process of their own: asked
         (``read_ahead``), or by default when what remains of the file is large enough to
@@ -634,19 +646,20 @@ class ImportJob:
         reader: ReadAhead | None = None
         fetch: Callable[[], tuple[Any, list[tuple[int, str, Any]], Position | None, int]] | None
         commit: Callable[[Any], BatchResult] | None = None
-        if self.columnar is None:
-            fetch = None
-        elif self._reads_ahead(total - start.offset):
-            reader = ReadAhead(self, start, summary.event_time)
-            fetch = reader.next
-            commit = partial(self.columnar.commit_ahead,
-                             reread=partial(self._reread, event_time=summary.event_time))
-        else:
-            fetch, commit = partial(self._next_prepared, records, summary.event_time), \
-                self.columnar.commit
         ahead: asyncio.Future[Any] | None = None
         """The columnar path's next chunk, read and prepared while the store writes one."""
         try:
+            if self.columnar is not None and self._reads_ahead(total - start.offset):
+                reader = self._start_reader(start, summary.event_time)
+            if self.columnar is None:
+                fetch = None
+            elif reader is not None:
+                fetch = reader.next
+                commit = partial(self.columnar.commit_ahead,
+                                 reread=partial(self._reread, event_time=summary.event_time))
+            else:
+                fetch, commit = partial(self._next_prepared, records, summary.event_time), \
+                    self.columnar.commit
             for _ in range(total + 2):  # each round consumes at least one record
                 try:
                     if fetch is not None:
