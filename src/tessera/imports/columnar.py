@@ -8,12 +8,14 @@ mapped that way, or that the reader could not take as columns, becomes a
 :class:`.readers.Record` for :meth:`ImportJob.to_event` (its event, or its reject
 reason, is then exactly the row path's).
 
-Rows that can only create a new person (:meth:`ColumnarApplier.prepare`, the rule of
+Rows that can only create a new person (:meth:`ColumnarBuilder.prepare`, the rule of
 :mod:`.bulk`) are written without an :class:`Event` or any object per row: their
 event uids, profile ids, CloudEvent documents, trait values and ``profile.updated``
-payloads are built as lists, and :meth:`StoreTx.create_profile_columns` writes them
-(SQLite: one ``INSERT ... SELECT`` per table). Every other row becomes the event the
-row path would have made and goes through :meth:`ProfileProcessor.apply` after the
+records are built as lists (:class:`ColumnarBuilder`, plain data that the import's
+reading process runs), and :meth:`StoreTx.create_profile_columns` writes them
+(SQLite: one ``INSERT ... SELECT`` per table), or the store's packed form of them
+(:meth:`ColumnarApplier.commit_ahead`). Every other row becomes the event the row
+path would have made and goes through :meth:`ProfileProcessor.apply` after the
 commit, in file order, as in :mod:`.bulk`. The store ends up with the same content;
 ``tests/imports/test_bulk.py`` compares the three paths.
 """
@@ -70,9 +72,8 @@ class ColumnarBuilder:
     """Builds a chunk's new people as columns: everything that does not need the store.
 
     Plain data (the survivorship rules, the resolver's identifier priorities, the
-    store's packing function), so that it pickles: the
-    import's reading process (:mod:`.ahead`) builds and packs chunks while the writing
-    thread only writes them.
+    store's packing function), so that it pickles: the import's reading process
+    (:mod:`.ahead`) builds and packs chunks while the writing thread only writes them.
     """
 
     def __init__(self, processor: ProfileProcessor, source: str, import_source: str,
@@ -237,7 +238,6 @@ class ColumnarBuilder:
                 records.append(None)
         prepared.columns, prepared.records = c, records
         prepared.template = updated_template(self.import_source, etype, prefix, time.time())
-
 
     def _build_uniform(self, prepared: Prepared, c: ProfileColumns,
                        records: list[str | None], doc_source: str, doc_data: str,
