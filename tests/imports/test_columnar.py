@@ -174,7 +174,7 @@ async def test_a_bad_header_stops_either_path_with_the_row_readers_reason(
 async def test_the_columnar_path_is_used_only_where_it_gives_the_same_result(
         runtime: Runtime, tmp_path: Path) -> None:
     path = write_csv(tmp_path / "x.csv", [["a@x.io", "M1", "n", "1"]])
-    assert job(runtime, path).columnar is None                    # logged to the bus
+    assert job(runtime, path).columnar is not None  # logged: every event to the log first
     assert job(runtime, path, log_events=False, bulk=False).columnar is None
     assert job(runtime, path, log_events=False, mode="bus").columnar is None
     assert job(runtime, path, log_events=False,
@@ -332,3 +332,45 @@ async def test_a_uniform_chunk_is_built_column_wise_exactly_as_row_by_row(
     assert column_wise.records == row_wise.records and None not in row_wise.records
     resolver_order = [t for t, _ in runtime.processor.resolver.sort(rows.identifiers[0])]
     assert column_wise.columns.link_types[:2] == resolver_order
+
+
+@pytest.mark.parametrize("read_ahead", [False, True], ids=["in-process", "read-ahead"])
+async def test_a_logged_columnar_import_appends_the_row_paths_events_to_the_log(
+        tmp_path: Path, read_ahead: bool) -> None:
+    """With the log, the columnar path appends exactly the events the bulk path appends:
+    the same ids, keys and bytes (but for the time they were read), in file order, for
+    new people, rows the chunk or the store contradicts, and row-path rows alike."""
+    import sqlite3
+
+    from tests.imports.conftest import CONFIG
+    from tests.imports.test_bulk import BEFORE, HEADER, MAPPING, ROWS
+
+    file = write_csv(tmp_path / "people.csv",
+                     [[*row, str(1_700_000_000 + n)] for n, row in enumerate(ROWS)], HEADER)
+
+    async def logged(name: str, columnar: bool) -> list[tuple[str, str, dict[str, Any]]]:
+        rt = Runtime(CONFIG, tmp_path / name)
+        await rt.start()
+        try:
+            rt.processor.apply(BEFORE)
+            made = job(rt, file, MAPPING, batch_size=4, columnar=columnar,
+                       read_ahead=read_ahead if columnar else None)
+            assert (made.columnar is not None) == columnar and made.log_events
+            summary = await made.run()
+            assert (summary.imported, summary.rejected) == (14, 2)
+        finally:
+            await rt.close()
+        conn = sqlite3.connect(tmp_path / name / "bus.db")
+        out = []
+        for msg_id, key, payload in conn.execute(
+                "SELECT msg_id, key, payload FROM log WHERE topic = 'events' ORDER BY seq"):
+            event = orjson.loads(payload)
+            assert payload == orjson.dumps(Event.from_json(payload))  # the envelope's bytes
+            out.append((msg_id, key, {k: v for k, v in event.items() if k != "received_at"}))
+        conn.close()
+        return out
+
+    columnar_log = await logged("columnar", True)
+    bulk_log = await logged("bulk", False)
+    assert len(columnar_log) == 14
+    assert columnar_log == bulk_log

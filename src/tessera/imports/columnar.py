@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from tessera.bus.base import Message
 from tessera.events.envelope import Event, IsoTimes, event_uid
 from tessera.identity.resolver import new_profile_ids
 from tessera.imports.bulk import count_identifiers
@@ -89,6 +90,8 @@ class ColumnarBuilder:
         """The resolver's priority of each identifier type: the order of a profile's links."""
         self.packer = processor.store.column_packer()
         """The store's packing of new profiles (None: the store writes columns itself)."""
+        self.log_events = False
+        """Set by the job: build each candidate's event as the event log stores it."""
         self.uid_prefix: str | None = None
         """Set by the job: row uids are this and the line in 16 hex digits
         (:func:`.job.import_uid`); None: the hash of (source, import source, event id)."""
@@ -146,9 +149,10 @@ class ColumnarBuilder:
             if packed is not None:
                 outbox = prepared.messages()
                 stub = prepared.stub(0, self)
+        log, prepared.log = prepared.log, None
         whole = None if packed is not None else pickle.dumps(prepared, pickle.HIGHEST_PROTOCOL)
         return Ahead(count, rejected, start, end, len(prepared.candidates), packed, outbox,
-                     stub, whole)
+                     stub, whole, chunk.received_at, log)
 
     def build(self, prepared: Prepared) -> None:
         """The candidates' columns and ``profile.updated`` records.
@@ -190,8 +194,18 @@ class ColumnarBuilder:
         blake = hashlib.blake2b
         prefix = self.id_prefix
         iso = self._iso
-        if self._build_uniform(prepared, c, records, doc_source, doc_data, doc_tail):
-            prepared.columns, prepared.records = c, records
+        log: list[Message] | None = [] if self.log_events else None
+        # the event as the log stores it: Event.to_json(), fields in their order
+        log_head = '{"id":"'
+        log_time = f'","source":{q(self.import_source)},"type":{q(etype)},"time":'
+        log_data = (f',"received_at":{dumps(received_at).decode()},"source_name":{q(source)},'
+                    f'"data":')
+        log_idents = ',"identifiers":'
+        log_tail = (',"subject":null,"datacontenttype":"application/json","dataschema":null,'
+                    '"extensions":{},"specversion":"1.0","uid":"')
+        if self._build_uniform(prepared, c, records, doc_source, doc_data, doc_tail, log,
+                               (log_head, log_time, log_data, log_idents, log_tail)):
+            prepared.columns, prepared.records, prepared.log = c, records, log
             prepared.template = updated_template(self.import_source, etype, prefix,
                                                  time.time())
             return
@@ -225,6 +239,12 @@ class ColumnarBuilder:
             data = dumps({"traits": traits, "identifiers": dict(idents)}).decode()
             c.documents.append(f'{{"specversion":"1.0","id":"{prefix}{line}{doc_source}'
                                f'{iso(times[r])}{doc_data}{data}{doc_tail}')
+            if log is not None:
+                first_type, first_value = idents[order[0]]
+                log.append(Message(uid, f"{first_type}:{first_value}", (
+                    f'{log_head}{prefix}{line}{log_time}{dumps(times[r]).decode()}{log_data}'
+                    f'{data}{log_idents}{dumps([idents[k] for k in order]).decode()}'
+                    f'{log_tail}{uid}"}}').encode()))
             if changed:
                 updated_uid = blake(b"%b%b:profile.updated" % (_UPDATED_UID_SOURCE,
                                                                 uid.encode()),
@@ -236,12 +256,13 @@ class ColumnarBuilder:
                                f"{','.join(changed)}\x1f{line}")
             else:
                 records.append(None)
-        prepared.columns, prepared.records = c, records
+        prepared.columns, prepared.records, prepared.log = c, records, log
         prepared.template = updated_template(self.import_source, etype, prefix, time.time())
 
     def _build_uniform(self, prepared: Prepared, c: ProfileColumns,
                        records: list[str | None], doc_source: str, doc_data: str,
-                       doc_tail: str) -> bool:
+                       doc_tail: str, log: list[Message] | None,
+                       log_parts: tuple[str, str, str, str, str]) -> bool:
         """:meth:`build` a column at a time when every candidate has the same identifier
         types and trait names in the same order (a file without empty cells); False,
         having changed nothing, otherwise. The same values as the loop of :meth:`build`
@@ -292,7 +313,8 @@ class ColumnarBuilder:
                                        strict=True))
         ident_json = map(",".join, zip(*(map(f"{q(types[k])}:".__add__, quoted[k])
                                          for k in range(m)), strict=True))
-        data = map('{{"traits":{{{}}},"identifiers":{{{}}}}}'.format, trait_json, ident_json)
+        data = list(map('{{"traits":{{{}}},"identifiers":{{{}}}}}'.format, trait_json,
+                        ident_json))
         changed = map(",".join, zip(*(map(str.__add__, map(f'{key}:{{"old":null,"new":'.__add__,
                                                             column), repeat("}"))
                                       for key, column in zip(keys, texts, strict=True)),
@@ -303,6 +325,17 @@ class ColumnarBuilder:
                        for line, at, d in zip(lines, c.times, data, strict=True)]
         blake = hashlib.blake2b
         stamp = {at: decode(dumps(at)) for at in dict.fromkeys(c.times)}
+        if log is not None:  # the events as the log stores them, in the resolver's order
+            head, at_time, at_data, at_idents, tail = log_parts
+            # '["type","value"' per identifier, joined by '],': the array without its ends
+            pairs = map("],".join, zip(*(map(f'[{q(types[k])},'.__add__, quoted[k])
+                                         for k in order), strict=True))
+            keys_of = map(f"{types[order[0]]}:".__add__, values[order[0]])
+            log.extend(
+                Message(uid, key, f'{head}{prefix}{line}{at_time}{stamp[at]}{at_data}{d}'
+                                  f'{at_idents}[{ident}]]{tail}{uid}"}}'.encode())
+                for uid, key, line, at, d, ident in zip(c.event_uids, keys_of, lines, c.times,
+                                                       data, pairs, strict=True))
         for uid, at, pid, ch, line in zip(c.event_uids, c.times, c.ids, changed, lines,
                                           strict=True):
             updated = blake(b"%b%b:profile.updated" % (_UPDATED_UID_SOURCE, uid.encode()),
@@ -456,6 +489,8 @@ class Prepared:
     records: list[str | None] = field(default_factory=list)
     """Each candidate's ``profile.updated`` fields for ``template`` (None: it sets no trait)."""
     template: Template | None = None
+    log: list[Message] | None = None
+    """Each candidate's event as the event log stores it (when the import logs events)."""
 
     def messages(self) -> PackedMessages | None:
         """The candidates' ``profile.updated`` messages, packed; None if there are none."""
@@ -516,3 +551,8 @@ class Ahead:
     """The first row as the erasure screen reads it."""
     prepared: bytes | None = None
     """The :class:`Prepared` chunk pickled, when there is no packed write."""
+    received_at: float = 0.0
+    """When the chunk was read: a chunk read again keeps it (its events are the same)."""
+    log: list[Message] | None = None
+    """Every record's event as the event log stores it, in file order (when the import
+    logs events): appended to the log before the chunk is written."""

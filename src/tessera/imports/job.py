@@ -213,7 +213,7 @@ class ImportJob:
         self.columnar: ColumnarApplier | None = None
         self._builder: ColumnarBuilder | None = None
         """Profile rows of plain CSV kept as columns to the store (:mod:`.columnar`)."""
-        if (columnar and bulk and mode == "direct" and not self.log_events
+        if (columnar and bulk and mode == "direct"
                 and self.format == "csv" and mapping.kind == "profiles"
                 and not mapping.id_column and len(mapping.traits) <= MAX_TRAITS_PER_EVENT
                 # an alias stands for other identifiers: never the bulk rule's new person
@@ -222,6 +222,7 @@ class ImportJob:
                 and not processor.traits._mappings_for(PROFILE_EVENT_TYPE)):
             builder = ColumnarBuilder(processor, source, IMPORT_SOURCE, f"{self.import_id}:",
                                       PROFILE_EVENT_TYPE)
+            builder.log_events = self.log_events
             self.columnar = ColumnarApplier(processor, builder, self._profile_event)
         self.read_ahead = read_ahead
         self._use_uids("ordered")
@@ -513,19 +514,44 @@ class ImportJob:
             chunk.order.append((record.line, -1 - len(chunk.events)))
             chunk.events.append(made)
 
-    def _next_chunk(self, blocks: Any, event_time: float
+    def _next_chunk(self, blocks: Any, event_time: float, received_at: float | None = None
                     ) -> tuple[Prepared, list[tuple[int, str, Any]], Position | None]:
         """The next block mapped and prepared for the store (:meth:`ColumnarApplier.prepare`),
-        its rejects, and the position after it (None at the end of the file)."""
+        its rejects, and the position after it (None at the end of the file); with the
+        log, every record's event as the log stores it (:attr:`Prepared.log`)."""
         assert self.builder is not None
-        chunk = Chunk(Rows(), [], time.time())
+        chunk = Chunk(Rows(), [], time.time() if received_at is None else received_at)
         rejected: list[tuple[int, str, Any]] = []
         end: Position | None = None
         for block in blocks:
             self._map_block(block, chunk, event_time, rejected)
             end = block.end
             break
-        return self.builder.prepare(chunk), rejected, end
+        prepared = self.builder.prepare(chunk)
+        if self.log_events:
+            prepared.log = self._log_messages(prepared)
+        return prepared, rejected, end
+
+    def _log_messages(self, prepared: Prepared) -> list[Message]:
+        """Every record of the chunk as the event log stores it, in file order: the
+        builder's text for the new-person candidates, ``Event.to_json()`` for the rest
+        (the same bytes: ``tests/imports/test_columnar.py``)."""
+        chunk, rows = prepared.chunk, prepared.chunk.rows
+        built = prepared.log or []
+        n = len(rows.lines)
+        if not chunk.events and len(built) == n and len(prepared.candidates) == n:
+            return built  # every row a candidate: the builder's list is in file order
+        by_row = dict(zip(prepared.candidates, built, strict=True))
+        out: list[Message] = []
+        for line, index in chunk.order:
+            message = by_row.get(index) if index >= 0 else None
+            if message is None:
+                event = (self._profile_event(line, rows.identifiers[index], rows.traits[index],
+                                             rows.times[index], chunk.received_at)
+                         if index >= 0 else chunk.events[-1 - index])
+                message = Message(event.uid, event.partition_key, event.to_json())
+            out.append(message)
+        return out
 
     def _next_prepared(self, blocks: Any, event_time: float
                        ) -> tuple[Prepared, list[tuple[int, str, Any]], Position | None, int]:
@@ -539,7 +565,7 @@ class ImportJob:
         write of the reading process cannot serve (a row known, applied or erased)."""
         blocks = read_csv_blocks(self.path, ahead.start, self.batch_size,
                                  sorted(self.mapping.columns()))
-        prepared, _, end = self._next_chunk(blocks, event_time)
+        prepared, _, end = self._next_chunk(blocks, event_time, ahead.received_at)
         if end != ahead.end:
             raise ImportError_(f"{self.path.name}: the file changed during the import "
                                f"(line {ahead.start.line} onwards read differently)")
@@ -682,6 +708,9 @@ class ImportJob:
                 if fetch is not None and commit is not None:
                     if pos is not None:  # the other core reads and maps the next chunk
                         ahead = asyncio.ensure_future(asyncio.to_thread(fetch))
+                    if self.bus is not None and self.log_events and prepared.log:
+                        # appended before they are applied, as the row path does
+                        await self.bus.publish(EVENTS_TOPIC, prepared.log)
                     self._count(summary, await self._write(commit, prepared))
                 else:
                     await self._apply(batch, summary)
