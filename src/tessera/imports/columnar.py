@@ -1,6 +1,6 @@
 """The columnar import path: profile rows kept as columns from the file to the store.
 
-For ``kind: profiles`` CSV imports applied ``direct`` without the log. A block of
+For ``kind: profiles`` CSV imports applied ``direct``, with the log or without. A block of
 plain CSV lines arrives as columns (:func:`.readers.read_csv_blocks`, pyarrow);
 each row's identifiers are normalized by the extractor and its traits converted
 by the mapping (the same calls the row path makes), and a row that cannot be
@@ -67,6 +67,28 @@ class Chunk:
     received_at: float
     order: list[tuple[int, int]] = field(default_factory=list)
     """(line, index): ``index >= 0`` a row of ``rows``, ``-1 - k`` event ``k``."""
+
+
+@dataclass(slots=True)
+class EventLog:
+    """Events as the event log stores them (:class:`Message` fields), as three lists: a
+    chunk's five thousand cross from the reading process as three objects, not as
+    five thousand to pickle one by one."""
+
+    ids: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    payloads: list[bytes] = field(default_factory=list)
+
+    def add(self, id_: str, key: str, payload: bytes) -> None:
+        self.ids.append(id_)
+        self.keys.append(key)
+        self.payloads.append(payload)
+
+    def messages(self) -> list[Message]:
+        return list(map(Message, self.ids, self.keys, self.payloads))
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 class ColumnarBuilder:
@@ -194,7 +216,7 @@ class ColumnarBuilder:
         blake = hashlib.blake2b
         prefix = self.id_prefix
         iso = self._iso
-        log: list[Message] | None = [] if self.log_events else None
+        log = EventLog() if self.log_events else None
         # the event as the log stores it: Event.to_json(), fields in their order
         log_head = '{"id":"'
         log_time = f'","source":{q(self.import_source)},"type":{q(etype)},"time":'
@@ -241,10 +263,10 @@ class ColumnarBuilder:
                                f'{iso(times[r])}{doc_data}{data}{doc_tail}')
             if log is not None:
                 first_type, first_value = idents[order[0]]
-                log.append(Message(uid, f"{first_type}:{first_value}", (
+                log.add(uid, f"{first_type}:{first_value}", (
                     f'{log_head}{prefix}{line}{log_time}{dumps(times[r]).decode()}{log_data}'
                     f'{data}{log_idents}{dumps([idents[k] for k in order]).decode()}'
-                    f'{log_tail}{uid}"}}').encode()))
+                    f'{log_tail}{uid}"}}').encode())
             if changed:
                 updated_uid = blake(b"%b%b:profile.updated" % (_UPDATED_UID_SOURCE,
                                                                 uid.encode()),
@@ -261,7 +283,7 @@ class ColumnarBuilder:
 
     def _build_uniform(self, prepared: Prepared, c: ProfileColumns,
                        records: list[str | None], doc_source: str, doc_data: str,
-                       doc_tail: str, log: list[Message] | None,
+                       doc_tail: str, log: EventLog | None,
                        log_parts: tuple[str, str, str, str, str]) -> bool:
         """:meth:`build` a column at a time when every candidate has the same identifier
         types and trait names in the same order (a file without empty cells); False,
@@ -330,12 +352,13 @@ class ColumnarBuilder:
             # '["type","value"' per identifier, joined by '],': the array without its ends
             pairs = map("],".join, zip(*(map(f'[{q(types[k])},'.__add__, quoted[k])
                                          for k in order), strict=True))
-            keys_of = map(f"{types[order[0]]}:".__add__, values[order[0]])
-            log.extend(
-                Message(uid, key, f'{head}{prefix}{line}{at_time}{stamp[at]}{at_data}{d}'
-                                  f'{at_idents}[{ident}]]{tail}{uid}"}}'.encode())
-                for uid, key, line, at, d, ident in zip(c.event_uids, keys_of, lines, c.times,
-                                                       data, pairs, strict=True))
+            log.ids.extend(c.event_uids)
+            log.keys.extend(map(f"{types[order[0]]}:".__add__, values[order[0]]))
+            log.payloads.extend(
+                f'{head}{prefix}{line}{at_time}{stamp[at]}{at_data}{d}'
+                f'{at_idents}[{ident}]]{tail}{uid}"}}'.encode()
+                for uid, line, at, d, ident in zip(c.event_uids, lines, c.times, data, pairs,
+                                                   strict=True))
         for uid, at, pid, ch, line in zip(c.event_uids, c.times, c.ids, changed, lines,
                                           strict=True):
             updated = blake(b"%b%b:profile.updated" % (_UPDATED_UID_SOURCE, uid.encode()),
@@ -489,8 +512,9 @@ class Prepared:
     records: list[str | None] = field(default_factory=list)
     """Each candidate's ``profile.updated`` fields for ``template`` (None: it sets no trait)."""
     template: Template | None = None
-    log: list[Message] | None = None
-    """Each candidate's event as the event log stores it (when the import logs events)."""
+    log: EventLog | None = None
+    """Each candidate's event as the event log stores it (when the import logs events);
+    the job then makes it every record's (:meth:`.job.ImportJob._next_chunk`)."""
 
     def messages(self) -> PackedMessages | None:
         """The candidates' ``profile.updated`` messages, packed; None if there are none."""
@@ -553,6 +577,6 @@ class Ahead:
     """The :class:`Prepared` chunk pickled, when there is no packed write."""
     received_at: float = 0.0
     """When the chunk was read: a chunk read again keeps it (its events are the same)."""
-    log: list[Message] | None = None
+    log: EventLog | None = None
     """Every record's event as the event log stores it, in file order (when the import
     logs events): appended to the log before the chunk is written."""

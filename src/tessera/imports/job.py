@@ -43,7 +43,15 @@ from tessera.events.envelope import Event, event_uid
 from tessera.identity.extract import Identifier, IdentifierExtractor, get_path
 from tessera.imports.ahead import ReadAhead, ReadAheadError
 from tessera.imports.bulk import BulkApplier
-from tessera.imports.columnar import Ahead, Chunk, ColumnarApplier, ColumnarBuilder, Prepared, Rows
+from tessera.imports.columnar import (
+    Ahead,
+    Chunk,
+    ColumnarApplier,
+    ColumnarBuilder,
+    EventLog,
+    Prepared,
+    Rows,
+)
 from tessera.imports.mapping import ImportMapping
 from tessera.imports.readers import (
     Block,
@@ -532,25 +540,26 @@ class ImportJob:
             prepared.log = self._log_messages(prepared)
         return prepared, rejected, end
 
-    def _log_messages(self, prepared: Prepared) -> list[Message]:
+    def _log_messages(self, prepared: Prepared) -> EventLog:
         """Every record of the chunk as the event log stores it, in file order: the
         builder's text for the new-person candidates, ``Event.to_json()`` for the rest
         (the same bytes: ``tests/imports/test_columnar.py``)."""
         chunk, rows = prepared.chunk, prepared.chunk.rows
-        built = prepared.log or []
+        built = prepared.log or EventLog()
         n = len(rows.lines)
         if not chunk.events and len(built) == n and len(prepared.candidates) == n:
-            return built  # every row a candidate: the builder's list is in file order
-        by_row = dict(zip(prepared.candidates, built, strict=True))
-        out: list[Message] = []
+            return built  # every row a candidate: the builder's lists are in file order
+        by_row = {i: k for k, i in enumerate(prepared.candidates)} if len(built) else {}
+        out = EventLog()
         for line, index in chunk.order:
-            message = by_row.get(index) if index >= 0 else None
-            if message is None:
-                event = (self._profile_event(line, rows.identifiers[index], rows.traits[index],
-                                             rows.times[index], chunk.received_at)
-                         if index >= 0 else chunk.events[-1 - index])
-                message = Message(event.uid, event.partition_key, event.to_json())
-            out.append(message)
+            k = by_row.get(index) if index >= 0 else None
+            if k is not None:
+                out.add(built.ids[k], built.keys[k], built.payloads[k])
+                continue
+            event = (self._profile_event(line, rows.identifiers[index], rows.traits[index],
+                                         rows.times[index], chunk.received_at)
+                     if index >= 0 else chunk.events[-1 - index])
+            out.add(event.uid, event.partition_key, event.to_json())
         return out
 
     def _next_prepared(self, blocks: Any, event_time: float
@@ -690,7 +699,7 @@ class ImportJob:
                 try:
                     if fetch is not None:
                         if ahead is None:
-                            ahead = asyncio.ensure_future(asyncio.to_thread(fetch))
+                            ahead = asyncio.ensure_future(self._fetch_logged(fetch))
                         prepared, rejected, pos, count = await ahead
                         ahead = None
                         first = None
@@ -707,10 +716,7 @@ class ImportJob:
                     break
                 if fetch is not None and commit is not None:
                     if pos is not None:  # the other core reads and maps the next chunk
-                        ahead = asyncio.ensure_future(asyncio.to_thread(fetch))
-                    if self.bus is not None and self.log_events and prepared.log:
-                        # appended before they are applied, as the row path does
-                        await self.bus.publish(EVENTS_TOPIC, prepared.log)
+                        ahead = asyncio.ensure_future(self._fetch_logged(fetch))
                     self._count(summary, await self._write(commit, prepared))
                 else:
                     await self._apply(batch, summary)
@@ -743,6 +749,19 @@ class ImportJob:
                     await ahead
             rejects.close()
             self._writer.shutdown(wait=False)
+
+    async def _fetch_logged(self, fetch: Callable[[], tuple[Any, list[tuple[int, str, Any]],
+                                                          Position | None, int]]
+                            ) -> tuple[Any, list[tuple[int, str, Any]], Position | None, int]:
+        """The columnar path's next chunk, its events appended to the log first when the
+        import logs them (as the row path does, before they are applied): while the
+        store writes the chunk before it, so the log's writer and the store's work at
+        once."""
+        item = await asyncio.to_thread(fetch)
+        log = item[0].log
+        if self.bus is not None and self.log_events and log:
+            await self.bus.publish(EVENTS_TOPIC, log.messages())
+        return item
 
     async def _write(self, apply: Callable[[Any], BatchResult], batch: Any) -> BatchResult:
         """``apply(batch)`` on the import's writing thread."""
