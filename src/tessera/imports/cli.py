@@ -72,8 +72,8 @@ def import_command(
                                        "people set-based (same result; --no-bulk applies "
                                        "every row through the processor)")] = True,
     columnar: Annotated[bool, typer.Option("--columnar/--no-columnar", help="direct mode, "
-                                           "--no-log, CSV profiles: keep rows as columns to "
-                                           "the store (same result; --no-columnar: the bulk "
+                                           "CSV profiles: keep rows as columns to the store "
+                                           "(same result; --no-columnar: the bulk "
                                            "path)")] = True,
     read_ahead: Annotated[bool | None, typer.Option(
         "--read-ahead/--no-read-ahead", help="columnar path: read, map and pack chunks in "
