@@ -5,7 +5,8 @@ import pytest
 
 from tessera.store.base import Store
 from tessera.store.outbox_pack import MARK, expand
-from tessera.store.sqlite import COUNTER, SQLiteStore
+from tessera.store.sqlite import SQLiteStore
+from tessera.store.sqlite_columns import COUNTER
 from tests.contract.store_contract import ChangeFeedContract, pending, pid, updates
 
 

@@ -1,4 +1,4 @@
-"""Differing floats packed for SQLite exactly (tessera.store.sqlite_columns.numbers)."""
+"""Numbers packed for SQLite come back exact (tessera.store.sqlite_columns.Packed.number)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,14 @@ import struct
 
 import pytest
 
-from tessera.store.sqlite import _Packed
-from tessera.store.sqlite_columns import numbers
+from tessera.store.sqlite_columns import Packed
 
 
 def through_sqlite(values: list[float]) -> list[float] | None:
-    """``values`` packed by :func:`numbers` and read back from SQLite, or None when the
-    column could not be packed."""
-    p = _Packed()
-    expr = numbers(p, values)
+    """``values`` packed by :meth:`Packed.number` and read back from SQLite, or None when
+    the column could not be packed."""
+    p = Packed()
+    expr = p.number(values)
     if not p.usable:
         return None
     conn = sqlite3.connect(":memory:")

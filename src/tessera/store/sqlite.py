@@ -11,7 +11,6 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from itertools import accumulate, repeat
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,14 @@ from tessera.store.base import (
     Trait,
 )
 from tessera.store.outbox_pack import MARK, PackedMessages, messages, pack_records, split_row
+from tessera.store.sqlite_columns import (
+    PACKED_ROWS,
+    Packed,
+    pack_new_profiles,
+    profile_tables,
+    write_packed,
+    write_tables,
+)
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -107,166 +114,6 @@ def _chunks(items: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-PACKED_ROWS = 256
-"""From this many rows on, a bulk write goes through :class:`_Packed`."""
-
-
-class _Packed:
-    """Columns of a bulk insert packed into a few BLOB parameters.
-
-    ``INSERT ... SELECT`` over a counter then cuts each row's values out with
-    ``substr``: SQLite's own loop writes every row, without binding each value from
-    Python (``executemany`` spends most of its time there) and without holding the
-    GIL, so the import's next chunk is read and mapped on the other core meanwhile.
-    A text column of equal widths is one BLOB; any other also has a BLOB of
-    fixed-width decimal offsets. Floats are bound as they are only when one value
-    serves every row (SQLite's text-to-real conversion is not guaranteed to round
-    exactly); other float columns make :meth:`usable` false.
-    """
-
-    def __init__(self) -> None:
-        self.params: dict[str, Any] = {}
-        self.usable = True
-
-    def const(self, value: Any) -> str:
-        name = f"p{len(self.params)}"
-        self.params[name] = value
-        return f":{name}"
-
-    def text(self, values: Sequence[str] | Sequence[bytes], blob: bool = False,
-             row: str = "i") -> str:
-        """The SQL expression of row ``i``'s value: a parameter when every row has the
-        same value, a one-letter code per row for up to 26 values, a slice of one BLOB
-        when the values have one width or can be padded to one (no value ends with a
-        space, padding at most half the bytes), else a slice found through offsets.
-        Every extra SQL function per row costs: a trait row costs about 2.4 us to
-        insert on the development machine, and the offsets added 1.5 us to it.
-
-        ``row`` is the SQL expression of the value's index: ``(i/2)`` takes the values
-        of a column of profiles for their links, two per profile."""
-        n = len(values)
-        if n >= 64 and len(set(values[:64])) <= 26:  # a sample first: most columns vary
-            distinct = set(values)
-            if len(distinct) == 1:
-                (value,) = distinct
-                return self.const(value.encode() if blob and isinstance(value, str) else value)
-            if len(distinct) <= 26:
-                code = {v: chr(97 + k) for k, v in enumerate(distinct)}
-                cases = " ".join(
-                    f"WHEN x'{ord(code[v]):02x}' THEN "
-                    f"{self.const(v.encode() if blob and isinstance(v, str) else v)}"
-                    for v in distinct)
-                # a BLOB: substr of TEXT counts characters from the start (quadratic)
-                letters = self.const("".join(map(code.__getitem__, values)).encode())
-                return f"CASE substr({letters}, {row}+1, 1) {cases} END"
-        try:
-            if values and isinstance(values[0], str):
-                joined = "".join(values).encode()  # type: ignore[arg-type]
-                ascii_ = len(joined) == sum(lens := list(map(len, values)))  # chars = bytes
-                if ascii_:
-                    data = joined
-                else:
-                    enc = [v.encode() for v in values]  # type: ignore[union-attr]
-                    data, lens = b"".join(enc), list(map(len, enc))
-            else:
-                ascii_ = False
-                data = b"".join(values)  # type: ignore[arg-type]
-                lens = list(map(len, values))
-        except (UnicodeEncodeError, TypeError):  # a lone surrogate, a mix: executemany's
-            self.usable = False
-            return "NULL"
-        cast = "{}" if blob else "CAST({} AS TEXT)"
-        if lens and min(lens) == max(lens):
-            w = lens[0]
-            return cast.format(f"substr({self.const(data)}, {row}*{w}+1, {w})")
-        widest = max(lens) if lens else 0
-        if (widest * n <= len(data) * 3 // 2 and (ascii_ or not isinstance(values[0], str))
-                and not _ends_with_space(values)):
-            if ascii_:
-                data = (f"%-{widest}s" * n % tuple(values)).encode()
-            else:
-                data = b"".join(map(bytes.ljust, values, repeat(widest)))  # type: ignore[arg-type]
-            padded = f"rtrim(substr({self.const(data)}, {row}*{widest}+1, {widest}), ' ')"
-            return f"CAST({padded} AS BLOB)" if blob else padded
-        ends = list(accumulate(lens))
-        digits = len(str(ends[-1]))
-        name = self.const(data)
-        offsets = self.const((f"%0{digits}d" * (len(ends) + 1) % (0, *ends)).encode())
-        start = f"CAST(substr({offsets}, {row}*{digits}+1, {digits}) AS INTEGER)"
-        end = f"CAST(substr({offsets}, {row}*{digits}+{digits + 1}, {digits}) AS INTEGER)"
-        return cast.format(f"substr({name}, {start}+1, {end}-{start})")
-
-    def number(self, values: Sequence[float] | Sequence[int], row: str = "i") -> str:
-        first = values[0]
-        if values.count(first) == len(values) and len(set(map(type, values))) == 1:
-            return self.const(first)
-        if all(type(v) is int for v in values):
-            return f"CAST({self.text([str(v) for v in values], row=row)} AS INTEGER)"
-        self.usable = False
-        return "NULL"
-
-    def of_rows(self, values: Sequence[str] | Sequence[float], rows: list[int],
-                per: int) -> str:
-        """The SQL expression of ``values[rows[i]]`` (text, or numbers when ``values`` are):
-        with ``per`` (``rows`` is each index ``per`` times in order, :func:`_per_profile`)
-        ``values`` themselves taken at row ``i/per``, else a copy picked by ``rows``."""
-        picked = values if per else [values[r] for r in rows]
-        row = f"(i/{per})" if per else "i"
-        if values and not isinstance(values[0], str):
-            return self.number(picked, row=row)  # type: ignore[arg-type]
-        return self.text(picked, row=row)  # type: ignore[arg-type]
-
-    def insert(self, conn: sqlite3.Connection, head: str, exprs: list[str], rows: int,
-               order: str = "") -> None:
-        """Rows in the given order, else in the order of the lists (``i`` rising: the
-        counter's rowid order, no sort)."""
-        _counter(conn, rows)
-        self.params["rows"] = rows
-        conn.execute(f"{head} SELECT {', '.join(exprs)} FROM {COUNTER} WHERE i < :rows "
-                     f"ORDER BY {order or 'i'}", self.params)
-
-
-COUNTER = "temp.tessera_counter"
-"""The integers ``0, 1, ...`` that :meth:`_Packed.insert` generates its rows from."""
-
-
-def _counter(conn: sqlite3.Connection, rows: int) -> None:
-    """Make ``COUNTER`` hold at least ``0 .. rows - 1`` on this connection.
-
-    A range scan of an INTEGER PRIMARY KEY table costs less per row than a recursive
-    CTE, whose every row goes through the CTE's queue: measured, 0.09 us a row instead
-    of 0.25 (CPU time, a million rows), and an imported profile is about ten rows
-    across the tables, so some 1.5 us a profile. Growing it costs about twice one CTE
-    pass, once per connection. The table is the connection's own (TEMP), created on
-    first use and grown by the missing range only, inside the caller's transaction:
-    a rollback takes the growth back too, which is why its size is read from the
-    table each time (the max of an INTEGER PRIMARY KEY is one B-tree descent), not
-    remembered. ``temp_store=MEMORY`` made no measurable difference (a million rows is
-    8 MB of pages, which a spill would put in a temporary file that is never synced),
-    so the default stays."""
-    conn.execute(f"CREATE TABLE IF NOT EXISTS {COUNTER} (i INTEGER PRIMARY KEY)")
-    have = conn.execute(f"SELECT coalesce(max(i) + 1, 0) FROM {COUNTER}").fetchone()[0]
-    if have < rows:
-        conn.execute(f"INSERT INTO {COUNTER} (i) WITH RECURSIVE n(i) AS (SELECT ? UNION ALL "
-                     f"SELECT i + 1 FROM n WHERE i + 1 < ?) SELECT i FROM n", (have, rows))
-
-
-def _ends_with_space(values: Sequence[str] | Sequence[bytes]) -> bool:
-    """Whether a value ends with a space (padding would lose it)."""
-    if values and isinstance(values[0], str):
-        return any(map(str.endswith, values, repeat(" ")))  # type: ignore[arg-type]
-    return any(map(bytes.endswith, values, repeat(b" ")))  # type: ignore[arg-type]
-
-
-def _per_profile(rows: list[int], n: int) -> int:
-    """``m`` when ``rows`` (the profile of each link or trait) is ``m`` rows for each of
-    the ``n`` profiles in order, ``[0]*m + [1]*m + ...``; else 0."""
-    m, extra = divmod(len(rows), n)
-    if extra or not m or rows[::m] != list(range(n)):
-        return 0
-    return m if sorted(rows) == rows and rows[m - 1::m] == rows[::m] else 0
-
-
 def _erase_packed_outbox(conn: sqlite3.Connection, pids: Sequence[str]) -> None:
     """Take the messages naming any of ``pids`` out of the packed outbox rows that hold
     them, keeping the others' messages in their row and place (the row is deleted once
@@ -310,7 +157,7 @@ class SQLiteTx(StoreTx):
 
     def mark_applied(self, event_uids: Sequence[str], at: float) -> None:
         if len(event_uids) >= PACKED_ROWS:
-            p = _Packed()
+            p = Packed()
             exprs = [f"{p.text(event_uids)} AS u", p.const(at)]
             if p.usable:
                 p.insert(self.conn, "INSERT INTO applied (event_uid, at)", exprs,
@@ -478,8 +325,6 @@ class SQLiteTx(StoreTx):
         """One ``INSERT ... SELECT`` per table from packed columns
         (:func:`.sqlite_columns.profile_tables`); where a column cannot be packed,
         :meth:`create_profiles`."""
-        from tessera.store.sqlite_columns import profile_tables, write_tables
-
         tables = profile_tables(columns, at)
         if tables is None:
             super().create_profile_columns(columns, at)  # NewProfile objects, executemany
@@ -487,13 +332,11 @@ class SQLiteTx(StoreTx):
             write_tables(self.conn, tables)
 
     def create_packed_profiles(self, packed: Any) -> bool:
-        from tessera.store.sqlite_columns import write_packed
-
         return write_packed(self.conn, packed)
 
     def add_outbox(self, messages: Sequence[tuple[str, str, str, bytes]]) -> None:
         if len(messages) >= PACKED_ROWS:
-            p = _Packed()
+            p = Packed()
             topics, ids, keys, payloads = (list(c) for c in zip(*messages, strict=True))
             exprs = [p.text(topics), p.text(ids), p.text(keys), p.text(payloads, blob=True)]
             if p.usable:  # in the order given: the outbox id is the relay's order
@@ -585,8 +428,6 @@ class SQLiteStore(Store):
         self._migrated = True
 
     def column_packer(self) -> Callable[[ProfileColumns, float], Any] | None:
-        from tessera.store.sqlite_columns import pack_new_profiles
-
         return pack_new_profiles
 
     @contextmanager
