@@ -243,8 +243,9 @@ class StoreTx(abc.ABC):
         :func:`~tessera.store.outbox_pack.expand` spells them out. This default stores
         them spelled out through :meth:`add_outbox`: PostgreSQL keeps full messages
         (its erasure deletes a message by its row; packed rows would need the rewrite
-        that SQLite's erasure does), and the encrypting wrapper seals each payload on
-        its way there. SQLite stores the packed rows themselves
+        that SQLite's erasure does), and the encrypting wrapper keeps this default, so
+        it seals each payload on its way there and never hands its backend a packed
+        row, whose records are clear text. SQLite stores the packed rows themselves
         (:mod:`tessera.store.outbox_pack` tells why).
         """
         if packed.count:

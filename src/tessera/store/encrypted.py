@@ -30,7 +30,6 @@ from tessera.store.base import (
     TimelineEntry,
     Trait,
 )
-from tessera.store.outbox_pack import PackedMessages, expand
 
 OUTBOX_SCAN = 10_000
 """How many pending outbox messages an erasure inspects for the person's profile ids."""
@@ -134,12 +133,6 @@ class EncryptedTx(StoreTx):
     def add_outbox(self, messages: Sequence[tuple[str, str, str, bytes]]) -> None:
         seal = self.codec.seal_payload
         self.inner.add_outbox([(t, m, k, seal(m, p)) for t, m, k, p in messages])
-
-    def add_outbox_packed(self, packed: PackedMessages) -> None:
-        """Spelled out and sealed message by message: the backend must never store a
-        packed row, whose records are clear text."""
-        if packed.count:
-            self.add_outbox(expand(packed))
 
     def create_profiles(self, profiles: Sequence[NewProfile], at: float) -> None:
         codec = self.codec
