@@ -124,9 +124,9 @@ class IdentifierExtractor:
         return value
 
     def normalize_column(self, type_: str, raws: Iterable[Any]) -> list[str | None]:
-        """:meth:`normalize` of every value of a column, the same results: the checks that
-        depend on the type looked up once, and an e-mail address lowered once (an import
-        normalizes a million values a column)."""
+        """:meth:`normalize` of every value of a column, the same results, with what
+        depends on the type looked up once (an import normalizes a million values a
+        column)."""
         mode = self._mode.get(type_, "none")
         if mode not in ("email", "lower", "none"):
             return [self.normalize(type_, raw) for raw in raws]
@@ -145,11 +145,7 @@ class IdentifierExtractor:
             if low in blocked or (blocked_re is not None and blocked_re.match(value)):
                 append(None)
             elif mode == "email":
-                if low.startswith("mailto:"):
-                    low = low[7:]
-                local, at, domain = low.partition("@")
-                append(None if not at or not local or "." not in domain or " " in low
-                       else low)
+                append(normalize_email(value))
             else:
                 append(low if mode == "lower" else value)
         return out
