@@ -90,7 +90,7 @@ async def test_documents_and_payloads_are_the_row_paths_json(
                         {"n": 10**18, "x": -0.0}, {}],
                 times=[1_700_000_000.123456, 5.0, 1e-3])
     chunk = Chunk(rows, [], 1_700_000_100.5, [(7, 0), (8, 1), (9, 2)])
-    prepared = made.columnar.prepare(chunk)
+    prepared = made.columnar.builder.prepare(chunk)
     assert prepared.candidates == [0, 1, 2]
     columns = prepared.columns
     for k, i in enumerate(prepared.candidates):
@@ -223,9 +223,10 @@ async def test_only_rows_that_can_only_make_a_new_person_are_candidates(
                              [("member_number", "M2"), ("email", "e@x.io")]],
                 traits=[{}] * 5, times=[1.0] * 5)
     order = [(line, k) for k, line in enumerate(rows.lines)]
-    assert made.columnar.prepare(Chunk(rows, [], 2.0, order)).candidates == [0, 4]
+    assert made.columnar.builder.prepare(Chunk(rows, [], 2.0, order)).candidates == [0, 4]
     other = made._profile_event(7, [("email", "e@x.io")], {}, 1.0, 2.0)
-    assert made.columnar.prepare(Chunk(rows, [other], 2.0, [*order, (7, -1)])).candidates == [0]
+    chunk = Chunk(rows, [other], 2.0, [*order, (7, -1)])
+    assert made.columnar.builder.prepare(chunk).candidates == [0]
 
 
 @pytest.mark.parametrize("bad", [False, True], ids=["plain", "a bad value"])

@@ -403,9 +403,6 @@ class ColumnarApplier:
         self.packed = 0
         """Chunks written as the reading process packed them (:meth:`commit_ahead`)."""
 
-    def prepare(self, chunk: Chunk) -> Prepared:
-        return self.builder.prepare(chunk)
-
     # -- applying ---------------------------------------------------------------------
 
     def commit_ahead(self, ahead: Ahead, reread: Callable[[Ahead], Prepared],
