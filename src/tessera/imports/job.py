@@ -219,7 +219,8 @@ class ImportJob:
         self.uid_prefix: str | None = None
         """None: the rows' uids are :func:`event_uid` hashes (:attr:`ImportSummary.uids`)."""
         self.columnar: ColumnarApplier | None = None
-        self._builder: ColumnarBuilder | None = None
+        self.builder: ColumnarBuilder | None = None
+        """What the columnar path builds chunks with (the reading process gets it too)."""
         """Profile rows of plain CSV kept as columns to the store (:mod:`.columnar`)."""
         if (columnar and bulk and mode == "direct"
                 and self.format == "csv" and mapping.kind == "profiles"
@@ -228,10 +229,10 @@ class ImportJob:
                 and "previous_id" not in mapping.identifiers
                 # configured trait mappings would read more traits out of these events
                 and not processor.traits._mappings_for(PROFILE_EVENT_TYPE)):
-            builder = ColumnarBuilder(processor, source, IMPORT_SOURCE, f"{self.import_id}:",
-                                      PROFILE_EVENT_TYPE)
-            builder.log_events = self.log_events
-            self.columnar = ColumnarApplier(processor, builder, self._profile_event)
+            self.builder = ColumnarBuilder(processor, source, IMPORT_SOURCE,
+                                           f"{self.import_id}:", PROFILE_EVENT_TYPE)
+            self.builder.log_events = self.log_events
+            self.columnar = ColumnarApplier(processor, self.builder, self._profile_event)
         self.read_ahead = read_ahead
         self._use_uids("ordered")
 
@@ -355,8 +356,8 @@ class ImportJob:
     def _use_uids(self, scheme: str) -> None:
         self.uid_prefix = (import_uid_prefix(self.source, self.import_id)
                            if scheme == "ordered" else None)
-        if self.columnar is not None:
-            self.columnar.builder.uid_prefix = self.uid_prefix
+        if self.builder is not None:
+            self.builder.uid_prefix = self.uid_prefix
 
     def _uid_scheme(self) -> str:
         """For a run without a checkpoint: ``hashed`` when the store holds an earlier
@@ -598,17 +599,11 @@ class ImportJob:
             return self.read_ahead
         return remaining >= READ_AHEAD_BYTES
 
-    @property
-    def builder(self) -> ColumnarBuilder | None:
-        return self.columnar.builder if self.columnar is not None else self._builder
-
     def __getstate__(self) -> dict[str, Any]:
         """The job as its reading process (:mod:`.ahead`) gets it: what reading, mapping and
         building chunks needs, without the store, processor, bus or threads."""
-        state = {k: v for k, v in self.__dict__.items()
-                 if k not in ("store", "processor", "bus", "bulk", "columnar", "_writer")}
-        state["_builder"] = self.builder
-        return state
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("store", "processor", "bus", "bulk", "columnar", "_writer")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
