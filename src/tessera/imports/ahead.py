@@ -10,27 +10,27 @@ core, and the writer gets what it needs as a few bytes objects
 (:class:`.columnar.Ahead`: the store's packed statements, the packed outbox messages)
 that cost nothing to unpickle.
 
-The process is a fresh interpreter (:func:`main`: no copy of
-the parent's threads, locks or store connections, as ``fork`` would make, and no
-caller's ``__main__`` run again, as ``spawn`` would) and reads the job on its stdin as
-pickled by :meth:`ImportJob.__getstate__`: the file, the mapping, the extractor's
-configuration and the builder, never the store. It writes each chunk on its stdout as
-a length-prefixed pickle, at most about one chunk ahead of the writer (the pipe blocks
-it), so memory stays that of a few chunks. A failure in it (a reader error, anything
-else) reaches the writer as the error it would have raised in process; an import
-stopped or failed on the writer's side ends it.
+The process is a fresh interpreter (:func:`main`: no copy of the parent's threads,
+locks or store connections, as ``fork`` would make, and no caller's ``__main__`` run
+again, as ``spawn`` would) and reads the job on its stdin as pickled by
+:meth:`ImportJob.__getstate__`: the file, the mapping, the extractor's configuration
+and the builder, never the store. It writes each chunk on its stdout (both pipes as
+:mod:`multiprocessing` connections: length-prefixed pickles), at most about one chunk
+ahead of the writer (the pipe blocks it), so memory stays that of a few chunks. A
+failure in it (a reader error, anything else) reaches the writer as the error it would
+have raised in process; an import stopped or failed on the writer's side ends it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import pickle
-import struct
+import os
 import subprocess
 import sys
 import traceback
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import IO, TYPE_CHECKING, Any
 
 from tessera.imports.readers import Position, ReaderError, read_csv_blocks
@@ -61,19 +61,20 @@ class ReadAhead:
         # and connections is copied (fork), and no caller's __main__ is run again (spawn)
         self._process = subprocess.Popen(
             [sys.executable, "-c", "from tessera.imports.ahead import main; main()"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, bufsize=0,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             # not in the terminal's process group: Ctrl-C stops the import after its
             # current chunk (the writer's decision), and close() ends this process
             start_new_session=True)
         assert self._process.stdin is not None and self._process.stdout is not None
-        self._out = self._process.stdout
-        spec = pickle.dumps((job, start, event_time), protocol=pickle.HIGHEST_PROTOCOL)
+        # the pipes as multiprocessing connections: length-prefixed pickles both ways
+        self._conn = _connection(self._process.stdout, readable=True)
+        send = _connection(self._process.stdin, readable=False)
         try:
-            _write_frame(self._process.stdin, spec)
-            self._process.stdin.close()
-        except BrokenPipeError:
+            send.send((job, start, event_time))
+        except OSError:
             pass  # it failed at start: next() says how
+        finally:
+            send.close()
         self._done = False
 
     def next(self) -> tuple[Ahead, list[tuple[int, str, Any]], Position | None, int]:
@@ -81,12 +82,13 @@ class ReadAhead:
         file) and its number of records; blocks until the process has it."""
         if self._done:
             raise ReadAheadError("the import's reading process has finished")
-        data = _read_frame(self._out)
-        if data is None:
+        try:
+            message = self._conn.recv()
+        except (EOFError, OSError):  # gone, maybe in the middle of a message
             self._done = True
             code = self._process.wait()
-            raise ReadAheadError(f"the import's reading process ended (exit code {code})")
-        message = pickle.loads(data)
+            raise ReadAheadError(f"the import's reading process ended (exit code {code})"
+                                 ) from None
         if isinstance(message, _Failed):
             self._done = True
             if message.reader_error is not None:
@@ -102,37 +104,17 @@ class ReadAhead:
             self._process.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._process.wait(timeout=10)
-        self._out.close()
+        self._conn.close()
 
 
-_LENGTH = struct.Struct("<Q")
+def _connection(stream: IO[bytes], readable: bool) -> Connection:
+    """A pipe's end as a :class:`Connection` of its own (the file object is closed)."""
+    conn = Connection(os.dup(stream.fileno()), readable=readable, writable=not readable)
+    stream.close()
+    return conn
 
 
-def _write_frame(out: IO[bytes], data: bytes) -> None:
-    out.write(_LENGTH.pack(len(data)))
-    out.write(data)
-
-
-def _read_exactly(stream: IO[bytes], n: int) -> bytes | None:
-    """``n`` bytes of ``stream``, or None at its end (a partial frame included)."""
-    parts: list[bytes] = []
-    while n:
-        part = stream.read(n)
-        if not part:
-            return None
-        parts.append(part)
-        n -= len(part)
-    return b"".join(parts)
-
-
-def _read_frame(stream: IO[bytes]) -> bytes | None:
-    head = _read_exactly(stream, _LENGTH.size)
-    if head is None:
-        return None
-    return _read_exactly(stream, _LENGTH.unpack(head)[0])
-
-
-def _run(job: ImportJob, start: Position, event_time: float, out: IO[bytes]) -> None:
+def _run(job: ImportJob, start: Position, event_time: float, out: Connection) -> None:
     """The process: every chunk from ``start``, as :class:`Ahead`, until the end of the file."""
     try:
         builder = job.builder
@@ -141,8 +123,7 @@ def _run(job: ImportJob, start: Position, event_time: float, out: IO[bytes]) -> 
         at = start
         while True:
             prepared, rejected, end = job._next_chunk(blocks, event_time)
-            _write_frame(out, pickle.dumps(builder.ahead(prepared, rejected, at, end),
-                                           protocol=pickle.HIGHEST_PROTOCOL))
+            out.send(builder.ahead(prepared, rejected, at, end))
             if end is None:
                 break
             at = end
@@ -154,25 +135,24 @@ def _run(job: ImportJob, start: Position, event_time: float, out: IO[bytes]) -> 
         _send_failure(out, _Failed(None, traceback.format_exc()))
 
 
-def _send_failure(out: IO[bytes], failure: _Failed) -> None:
+def _send_failure(out: Connection, failure: _Failed) -> None:
     with contextlib.suppress(OSError):
-        _write_frame(out, pickle.dumps(failure))
+        out.send(failure)
 
 
 def main() -> None:
     """The reading process: the job on stdin, chunks on stdout. (Started by importing
     this module, not with ``-m``: the package imports it first, and ``-m`` would run a
     second copy of it as ``__main__``, whose classes the writer could not unpickle.)"""
-    spec = _read_frame(sys.stdin.buffer)
-    if spec is None:
+    try:
+        job, start, event_time = _connection(sys.stdin.buffer, readable=True).recv()
+    except EOFError:
         return
-    job, start, event_time = pickle.loads(spec)
     # the chunks' objects die by reference counting; collections of the young
     # generation over every chunk's millions of them found nothing to free
     gc.freeze()
     gc.disable()
-    out = sys.stdout.buffer
-    sys.stdout = sys.stderr  # nothing printed may corrupt the frames
+    out = _connection(sys.stdout.buffer, readable=False)
+    sys.stdout = sys.stderr  # nothing printed may corrupt the messages
     _run(job, start, event_time, out)
-    out.flush()
-
+    out.close()
