@@ -117,8 +117,8 @@ def _chunks(items: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
 def _erase_packed_outbox(conn: sqlite3.Connection, pids: Sequence[str]) -> None:
     """Take the messages naming any of ``pids`` out of the packed outbox rows that hold
     them, keeping the others' messages in their row and place (the row is deleted once
-    none is left). A message names a profile as an ordinary row does (its key is the id,
-    or its payload holds it), or when its record holds it: the record is what is stored.
+    none is left). A message names a profile when its template or its record holds the
+    id: its key and payload are made of nothing else.
     The rewritten row replaces the old one in the same transaction, under the erasure's
     ``secure_delete``, so the old bytes are overwritten like a deleted row's."""
     needles = [pid.encode() for pid in pids]
@@ -129,9 +129,9 @@ def _erase_packed_outbox(conn: sqlite3.Connection, pids: Sequence[str]) -> None:
         head, recs = split_row(payload)
         kept: list[str] = []
         if not any(n in head for n in needles):  # in the template: every message names it
-            kept = [rec for rec, (_, _, key, body) in zip(recs, messages(payload), strict=True)
-                    if not any(pid in rec or pid == key for pid in pids)
-                    and not any(n in body for n in needles)]
+            # else a message names a profile only through its record (an id is whole in
+            # one field or in the template: the rule of outbox_pack)
+            kept = [rec for rec in recs if not any(pid in rec for pid in pids)]
         if kept:
             conn.execute("UPDATE outbox SET payload=? WHERE id=?",
                          (pack_records(head, kept), id_))
