@@ -4,10 +4,9 @@ the answers (redirects, Retry-After, error bodies), connection reuse, no proxies
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import orjson
@@ -17,6 +16,7 @@ from tessera import __version__
 from tessera.activation.destinations import DeliveryFailed, Outgoing, WebhookSender
 from tessera.activation.model import WebhookDestination
 from tessera.activation.signing import new_secret, verify
+from tests.http_server import LocalHTTPServer
 
 
 @dataclass
@@ -53,17 +53,13 @@ class Server:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.http.daemon_threads = True
-        self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
-        self.thread.start()
+        self.http = LocalHTTPServer(Handler)
 
     def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.http.server_address[1]}{path}"
+        return f"{self.http.base_url}{path}"
 
     def close(self) -> None:
-        self.http.shutdown()
-        self.http.server_close()
+        self.http.close()
 
 
 @pytest.fixture
