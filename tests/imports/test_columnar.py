@@ -114,8 +114,9 @@ async def test_documents_and_payloads_are_the_row_paths_json(
         prepared.template.fill(r.split("\x1f")) for r in prepared.records if r is not None]
 
 
+@pytest.mark.parametrize("read_ahead", [False, True], ids=["in-process", "read-ahead"])
 async def test_rejects_resume_and_a_lost_checkpoint_on_the_columnar_path(
-        runtime: Runtime, tmp_path: Path) -> None:
+        runtime: Runtime, tmp_path: Path, read_ahead: bool) -> None:
     rows = numbered(100, "example.com")
     rows[5][0], rows[5][1] = "", ""          # no identifier (line 7)
     rows[40][3] = "lots"                     # not a number (line 42)
@@ -123,10 +124,11 @@ async def test_rejects_resume_and_a_lost_checkpoint_on_the_columnar_path(
     path = write_csv(tmp_path / "big.csv", rows)
     stop, progress = stop_after(3)           # after the third chunk committed
 
-    first = await columnar_job(runtime, path, batch_size=10).run(progress=progress, stop=stop)
+    first = await columnar_job(runtime, path, batch_size=10, read_ahead=read_ahead).run(
+        progress=progress, stop=stop)
     assert not first.done and first.rows == 30 and first.imported == 29
     assert runtime.store.counts()["events_applied"] == 29
-    resumed = columnar_job(runtime, path, batch_size=10)
+    resumed = columnar_job(runtime, path, batch_size=10, read_ahead=read_ahead)
     second = await resumed.run()
     assert second.done and second.resumed_from_line == 31
     assert (second.rows, second.imported, second.rejected, second.duplicates) == (100, 97, 3, 0)
@@ -139,7 +141,7 @@ async def test_rejects_resume_and_a_lost_checkpoint_on_the_columnar_path(
                      "LTV": "lots"}
     assert traits(runtime, "member_number:M99") == {"first_name": "n", "lifetime_value": 99.0}
     # the checkpoint of a committed chunk lost: that chunk is found applied, not doubled
-    lost = columnar_job(runtime, path, batch_size=10, restart=True)
+    lost = columnar_job(runtime, path, batch_size=10, restart=True, read_ahead=read_ahead)
     again = await lost.run()
     assert (again.imported, again.duplicates, again.rejected) == (0, 97, 3)
     assert runtime.store.counts()["events_applied"] == 97
